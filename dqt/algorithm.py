@@ -1,0 +1,97 @@
+"""Q-Transformer's math in one place (Chebotar et al. 2023, "Q-Transformer: Scalable Offline Reinforcement
+Learning via Autoregressive Q-Functions"), to be read against the paper.
+
+Notation: d action dimensions, each discretised into `bins` bins; Q_i(s, a_{1:i}) is the model's output
+at token i for bin a_i given the data's bins a_{1:i-1}. Rewards are scaled so that Q lies in [0, 1]
+(see `reward_scale`): the lowest attainable value is 0, which the conservative term pushes unseen bins to.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def reward_scale(configured: float | str, discount: float, max_reward_per_step: float | None) -> float:
+    """The factor applied to every stored reward.
+
+    `auto` with a bounded reward r in [0, r_max] per agent step (MetaWorld: 10 per env step x
+    action_repeat) gives r * (1 - gamma) / r_max, so every discounted return, and Q, lies in [0, 1].
+    For gym: tasks `auto` is 1.0: set reward_scale so scaled rewards lie in [0, 1 - gamma].
+    """
+    if configured != "auto":
+        return float(configured)
+    if max_reward_per_step is None:
+        return 1.0
+    return (1.0 - discount) / max_reward_per_step
+
+
+def to_bins(action: torch.Tensor, bins: int) -> torch.Tensor:
+    """Continuous actions in [-1, 1] -> nearest of `bins` evenly spaced bin centres (long)."""
+    scaled = (action.clamp(-1.0, 1.0) + 1.0) * 0.5 * (bins - 1)
+    return scaled.round().long()
+
+
+def from_bins(index: torch.Tensor, bins: int) -> torch.Tensor:
+    """Bin indices -> continuous actions in [-1, 1] (bin centres, both ends included)."""
+    return index.float() * (2.0 / (bins - 1)) - 1.0
+
+
+def nstep_returns(rewards: torch.Tensor, terminated: bool, n: int, discount: float):
+    """n-step sums and bootstrap discounts for one stored episode of T rewards (Sec. 4.3, n-step returns).
+
+    Returns (R [T], bootstrap_discount [T], offset [T], mc [T]) where R_t = sum_{k<m} gamma^k r_{t+k} with
+    m = min(n, T - t) steps, the bootstrap state is t + m, its weight gamma^m is 0 when the episode
+    terminated inside the window (a time-limit truncation still bootstraps), and mc_t is the discounted
+    return-to-go of the episode (the Monte-Carlo lower bound of Sec. 4.2).
+    """
+    T = rewards.shape[0]
+    r = rewards.double()
+    mc = torch.zeros(T, dtype=torch.float64)
+    running = 0.0
+    for t in range(T - 1, -1, -1):
+        running = float(r[t]) + discount * running
+        mc[t] = running
+    steps = torch.clamp(T - torch.arange(T), max=n)
+    powers = discount ** torch.arange(n, dtype=torch.float64)
+    R = torch.zeros(T, dtype=torch.float64)
+    for k in range(n):
+        valid = steps > k
+        R[valid] += powers[k] * r[torch.arange(T)[valid] + k]
+    bootstrap = discount ** steps.double()
+    if terminated:
+        bootstrap[torch.arange(T) + steps >= T] = 0.0
+    return R.float(), bootstrap.float(), steps, mc.float()
+
+
+def targets(target_q: torch.Tensor, target_q_next_first: torch.Tensor, nstep_return: torch.Tensor,
+            bootstrap_discount: torch.Tensor, mc_return: torch.Tensor, mc_lower_bound: bool) -> torch.Tensor:
+    """Bellman targets [B, d] from the target network (Sec. 4.1, Eq. 1; Sec. 4.2; Sec. 4.3).
+
+    target_q: [B, d, bins], target net at (s_t, data prefix); target_q_next_first: [B, bins], target net's
+    first dimension at the bootstrap state s_{t+m}.
+      i < d:  y_i = max_b Q_{i+1}(s_t, a_{1:i}, b)                     (maximise over the next dimension)
+      i = d:  y_d = R_t^{(m)} + gamma^m (1 - done) max_b Q_1(s_{t+m}, b)  (n-step backup across time steps)
+      MC:     y_i = max(y_i, G_t)                                          (Monte-Carlo lower bound)
+    """
+    within_step = target_q[:, 1:].amax(dim=-1)
+    across_step = nstep_return + bootstrap_discount * target_q_next_first.amax(dim=-1)
+    y = torch.cat([within_step, across_step.unsqueeze(1)], dim=1)
+    if mc_lower_bound:
+        y = torch.maximum(y, mc_return.unsqueeze(1))
+    return y
+
+
+def loss(q: torch.Tensor, data_bins: torch.Tensor, y: torch.Tensor, conservative_weight: float):
+    """Conservative Q-Transformer objective (Sec. 4.2, Eq. 2), averaged over dimensions and the batch.
+
+    q: [B, d, bins] online Q; data_bins: [B, d]; y: [B, d] targets (no gradient).
+      TD term:           1/2 (Q_i(s, a_{1:i}) - y_i)^2 on the data's bin
+      conservative term: 1/2 mean over the other bins b != a_i of (Q_i(s, a_{1:i-1}, b) - 0)^2
+    Returns (total loss, TD loss, conservative loss, mean Q of data bins).
+    """
+    bins = q.shape[-1]
+    q_data = q.gather(-1, data_bins.unsqueeze(-1)).squeeze(-1)
+    td = 0.5 * (q_data - y.detach()).pow(2).mean()
+    not_data = 1.0 - F.one_hot(data_bins, bins).to(q.dtype)
+    conservative = 0.5 * ((q.pow(2) * not_data).sum(-1) / (bins - 1)).mean()
+    return td + conservative_weight * conservative, td.detach(), conservative.detach(), q_data.detach().mean()

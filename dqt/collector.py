@@ -1,0 +1,121 @@
+"""Acting in an agent's envs: greedy decode plus exploration, stepping the vector env, filling replay,
+and greedy evaluation. Executed actions are always bin centres, so replay holds exactly what was done."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dqt.algorithm import from_bins, to_bins
+from dqt.envs import Task
+from dqt.model import greedy_bins
+from dqt.replay import EpisodeReplay
+
+
+def explore(bins: torch.Tensor, n_bins: int, kind: str, std: float, eps: float,
+            generator: torch.Generator) -> torch.Tensor:
+    """Exploration around greedy bins: Gaussian noise on the continuous action, or a random bin per dimension."""
+    if kind == "gaussian":
+        noise = torch.randn(bins.shape, generator=generator) * std
+        return to_bins(from_bins(bins, n_bins) + noise, n_bins)
+    random_bins = torch.randint(n_bins, bins.shape, generator=generator)
+    return torch.where(torch.rand(bins.shape, generator=generator) < eps, random_bins, bins)
+
+
+class Collector:
+    """Steps one agent's vector env and adds every finished episode to its replay."""
+
+    def __init__(self, envs, replay: EpisodeReplay, n_bins: int, reward_scale: float):
+        self.envs, self.replay, self.n_bins, self.reward_scale = envs, replay, n_bins, reward_scale
+        self.num_envs = envs.num_envs
+        self.obs = torch.as_tensor(envs.reset()[0], dtype=torch.float32)
+        n = self.num_envs
+        self.ep_obs, self.ep_bins, self.ep_rewards = [[] for _ in range(n)], [[] for _ in range(n)], [[] for _ in range(n)]
+        self.ep_raw_return, self.ep_success = [0.0] * n, [0.0] * n
+        self.finished: list[tuple[float, float]] = []  # (raw return, success) since the last drain
+
+    def _reset_episode(self, i: int) -> None:
+        self.ep_obs[i], self.ep_bins[i], self.ep_rewards[i] = [], [], []
+        self.ep_raw_return[i], self.ep_success[i] = 0.0, 0.0
+
+    def step(self, bins: torch.Tensor) -> None:
+        """Execute the bin centres of `bins` [num_envs, d] in every sub-env."""
+        actions = from_bins(bins, self.n_bins).numpy()
+        next_obs, rewards, terminated, truncated, info = self.envs.step(actions)
+        step_success = _masked(info, "success", self.num_envs)
+        done = np.logical_or(terminated, truncated)
+        if done.any():
+            final_obs = info["final_obs"]
+            final_success = _masked(info["final_info"], "success", self.num_envs)
+        for i in range(self.num_envs):
+            self.ep_obs[i].append(self.obs[i])
+            self.ep_bins[i].append(bins[i])
+            self.ep_rewards[i].append(float(rewards[i]))
+            self.ep_raw_return[i] += float(rewards[i])
+            if done[i]:
+                self.ep_success[i] = max(self.ep_success[i], float(final_success[i]))
+                last = torch.as_tensor(np.asarray(final_obs[i]), dtype=torch.float32)
+                self.replay.add_episode(
+                    torch.stack(self.ep_obs[i] + [last]), torch.stack(self.ep_bins[i]),
+                    torch.tensor(self.ep_rewards[i], dtype=torch.float32) * self.reward_scale, bool(terminated[i]))
+                self.finished.append((self.ep_raw_return[i], self.ep_success[i]))
+                self._reset_episode(i)
+            else:
+                self.ep_success[i] = max(self.ep_success[i], float(step_success[i]))
+        self.obs = torch.as_tensor(next_obs, dtype=torch.float32)
+
+    def drain(self) -> list[tuple[float, float]]:
+        """Finished episodes' (raw return, success) since the last call."""
+        out, self.finished = self.finished, []
+        return out
+
+
+def _masked(info: dict, key: str, n: int) -> np.ndarray:
+    """info[key] from a vector env, 0 where a sub-env did not report it."""
+    if key not in info:
+        return np.zeros(n)
+    return np.where(info.get(f"_{key}", np.ones(n, dtype=bool)), info[key], 0.0).astype(np.float64)
+
+
+def collect_demos(collector: Collector, expert_factory, episodes: int, noise: float, seed: int) -> None:
+    """Run the scripted expert (with Gaussian action noise) until `episodes` episodes are in replay."""
+    experts = [expert_factory() for _ in range(collector.num_envs)]
+    rng = np.random.default_rng(seed)
+    start = len(collector.finished)
+    while len(collector.finished) - start < episodes:
+        obs = collector.obs.double().numpy()
+        actions = np.stack([expert(o) for expert, o in zip(experts, obs)])
+        actions = np.clip(actions + rng.normal(0.0, noise, actions.shape), -1.0, 1.0)
+        collector.step(to_bins(torch.as_tensor(actions, dtype=torch.float32), collector.n_bins))
+    collector.drain()
+
+
+@torch.no_grad()
+def evaluate(task: Task, model: torch.nn.Module, envs: list, episode_ids: list[int], n_bins: int,
+             seed: int, device: torch.device) -> tuple[float, float, int]:
+    """Greedy episodes with ids `episode_ids` (MetaWorld: goal ids); returns (successes, return sum, count)."""
+    successes, returns = 0.0, 0.0
+    for start in range(0, len(episode_ids), len(envs)):
+        ids = episode_ids[start:start + len(envs)]
+        active_envs = envs[: len(ids)]
+        obs = []
+        for env, episode in zip(active_envs, ids):
+            if task.goals:
+                task.set_goal(env, episode)
+                obs.append(env.reset()[0])
+            else:
+                obs.append(env.reset(seed=seed + episode)[0])
+        alive = [True] * len(ids)
+        ep_return, ep_success = [0.0] * len(ids), [0.0] * len(ids)
+        while any(alive):
+            batch = torch.as_tensor(np.stack(obs), dtype=torch.float32, device=device)
+            actions = from_bins(greedy_bins(model, batch), n_bins).cpu().numpy()
+            for i, env in enumerate(active_envs):
+                if not alive[i]:
+                    continue
+                obs[i], reward, terminated, truncated, info = env.step(actions[i])
+                ep_return[i] += float(reward)
+                ep_success[i] = max(ep_success[i], float(info.get("success", 0.0)))
+                alive[i] = not (terminated or truncated)
+        successes += sum(ep_success)
+        returns += sum(ep_return)
+    return successes, returns, len(episode_ids)

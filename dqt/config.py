@@ -1,0 +1,193 @@
+"""Validate the composed config once, before any worker starts.
+
+Every user-settable value is checked here; a bad one raises `ConfigError` whose message is the one line
+the user sees: the key, the bad value and what is allowed.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+AGGREGATIONS = ("mean", "median", "trimmed_mean")
+FAULT_KINDS = ("scale", "noise", "sign_flip", "nan")
+EXPLORE_KINDS = ("gaussian", "eps")
+LR_SCHEDULES = ("constant", "linear")
+WANDB_MODES = ("offline", "online", "disabled")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A config value a user set is not allowed; str(error) is the one-line message."""
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def _int(lo: int | None = None, hi: int | None = None, nullable: bool = False):
+    allowed = "an integer" + (f" >= {lo}" if lo is not None else "") + (f" <= {hi}" if hi is not None else "")
+    if nullable:
+        allowed += " or null"
+
+    def ok(v: Any) -> bool:
+        if v is None:
+            return nullable
+        return _is_int(v) and (lo is None or v >= lo) and (hi is None or v <= hi)
+
+    return ok, allowed
+
+
+def _float(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False):
+    left = "" if lo is None else (f" > {lo}" if lo_open else f" >= {lo}")
+    right = "" if hi is None else (f" < {hi}" if hi_open else f" <= {hi}")
+    allowed = "a number" + left + ("," if left and right else "") + right
+
+    def ok(v: Any) -> bool:
+        if not _is_number(v):
+            return False
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            return False
+        if hi is not None and (v >= hi if hi_open else v > hi):
+            return False
+        return True
+
+    return ok, allowed
+
+
+def _choice(*options: str):
+    return (lambda v: v in options), "one of " + ", ".join(options)
+
+
+def _bool():
+    return (lambda v: isinstance(v, bool)), "true or false"
+
+
+def _str_or_null():
+    return (lambda v: v is None or isinstance(v, str)), "a string or null"
+
+
+def _reward_scale():
+    return (lambda v: v == "auto" or (_is_number(v) and v > 0)), "auto or a number > 0"
+
+
+def _rank_list():
+    def ok(v: Any) -> bool:
+        return isinstance(v, (list, tuple)) and all(_is_int(r) and r >= 0 for r in v) and len(set(v)) == len(v)
+
+    return ok, "a list of distinct ranks (integers >= 0)"
+
+
+# key -> (check, what is allowed). Order is the order of the README table.
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "task": ((lambda v: isinstance(v, str) and v != ""), "mw-<metaworld task> or gym:<env id>"),
+    "action_repeat": _int(1),
+    "episode_length": _int(1),
+    "num_envs": _int(1),
+    "reward_scale": _reward_scale(),
+    "num_agents": _int(1, nullable=True),
+    "seed": _int(0),
+    "train_steps": _int(1),
+    "seed_steps": _int(0),
+    "demos": _int(0),
+    "demo_noise": _float(0),
+    "replay_size": _int(1),
+    "batch_size": _int(1),
+    "updates_per_step": _float(0, lo_open=True),
+    "bins": _int(2, 65536),
+    "n_step": _int(1),
+    "discount": _float(0, 1, lo_open=True),
+    "tau": _float(0, 1, lo_open=True),
+    "mc_lower_bound": _bool(),
+    "conservative_weight": _float(0),
+    "model.dim": _int(1),
+    "model.depth": _int(1),
+    "model.heads": _int(1),
+    "model.dueling": _bool(),
+    "lr": _float(0, lo_open=True),
+    "weight_decay": _float(0),
+    "grad_clip": _float(0),
+    "lr_schedule": _choice(*LR_SCHEDULES),
+    "lr_final": _float(0, 1),
+    "explore.kind": _choice(*EXPLORE_KINDS),
+    "explore.std": _float(0),
+    "explore.eps": _float(0, 1),
+    "aggregation": _choice(*AGGREGATIONS),
+    "aggregation_trim": _float(0, 0.5, hi_open=True),
+    "faults.agents": _rank_list(),
+    "faults.kind": _choice(*FAULT_KINDS),
+    "faults.magnitude": _float(),
+    "eval_every": _int(1),
+    "eval_episodes": _int(1),
+    "log_every": _int(1),
+    "checkpoint_every": _int(1),
+    "resume": _bool(),
+    "progress": _bool(),
+    "device": _choice(*DEVICES),
+    "threads": _int(1, nullable=True),
+    "max_restarts": _int(0),
+    "wandb.mode": _choice(*WANDB_MODES),
+    "wandb.project": ((lambda v: isinstance(v, str) and v != ""), "a non-empty string"),
+    "wandb.group": _str_or_null(),
+    "wandb.name": _str_or_null(),
+}
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, str):
+        return repr(v)
+    if v is None:
+        return "null"
+    return str(v).replace("True", "true").replace("False", "false")
+
+
+def validate(cfg: DictConfig, world_size: int | None = None) -> dict:
+    """Check every key of `cfg`; return it as a plain dict with `num_agents` resolved.
+
+    `world_size` is torchrun's WORLD_SIZE when running under torchrun, else None.
+    """
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(plain, dict)
+    for key, (ok, allowed) in RULES.items():
+        value: Any = plain
+        for part in key.split("."):
+            if not isinstance(value, dict) or part not in value:
+                raise ConfigError(f"config key {key} is missing (expected {allowed})")
+            value = value[part]
+        if isinstance(value, (list, tuple)) and key != "faults.agents":
+            raise ConfigError(f"{key}={_show(value)} is not allowed: expected {allowed}")
+        if not ok(value):
+            raise ConfigError(f"{key}={_show(value)} is not allowed: expected {allowed}")
+
+    if world_size is not None:
+        if plain["num_agents"] not in (None, world_size):
+            raise ConfigError(
+                f"num_agents={plain['num_agents']} is not allowed under torchrun with {world_size} processes: "
+                f"leave it unset or set it to {world_size}"
+            )
+        plain["num_agents"] = world_size
+    elif plain["num_agents"] is None:
+        plain["num_agents"] = 2
+
+    n = plain["num_agents"]
+    bad = [r for r in plain["faults"]["agents"] if r >= n]
+    if bad:
+        raise ConfigError(f"faults.agents={bad} is not allowed: expected ranks below num_agents={n}")
+    if plain["seed_steps"] > plain["train_steps"]:
+        raise ConfigError(
+            f"seed_steps={plain['seed_steps']} is not allowed: expected at most train_steps={plain['train_steps']}"
+        )
+    if plain["model"]["dim"] % plain["model"]["heads"]:
+        raise ConfigError(
+            f"model.heads={plain['model']['heads']} is not allowed: expected a divisor of model.dim={plain['model']['dim']}"
+        )
+
+    from dqt.envs import check_task  # late import: config checks must not pull in MetaWorld unless needed
+
+    check_task(plain["task"], plain["demos"], plain["action_repeat"], plain["episode_length"])
+    return plain

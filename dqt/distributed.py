@@ -1,0 +1,91 @@
+"""Processes, devices and process groups: one process per agent.
+
+Under torchrun the ranks come from the environment; outside it, `launch` starts the agents through
+PyTorch's elastic launcher (the same machinery as torchrun). The NCCL path is a switch of backend and
+device only: every behaviour is the same under gloo on CPU.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Context:
+    """Where this agent runs."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    local_world_size: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def under_torchrun() -> bool:
+    """True when torchrun (or the elastic launcher) started this process."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def choose_device(requested: str, local_rank: int, local_world_size: int) -> tuple[torch.device, str]:
+    """(device, backend): NCCL when every local rank has its own GPU, gloo on CPU otherwise."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if requested == "cuda" and gpus < local_world_size:
+        raise RuntimeError(f"device=cuda needs one GPU per agent on this node: {local_world_size} agents, {gpus} GPUs "
+                           "(use device=auto to fall back to CPU/gloo)")
+    if requested == "cpu" or gpus < local_world_size:
+        return torch.device("cpu"), "gloo"
+    return torch.device("cuda", local_rank), "nccl"
+
+
+def setup(requested_device: str) -> Context:
+    """Join (or create, for a single in-process agent) the default process group."""
+    rank = int(os.environ.get("RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    device, backend = choose_device(requested_device, local_rank, local_world_size)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        if under_torchrun():
+            dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+        else:  # one agent in this process: a group of one keeps DDP and the hooks on the same code path
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    return Context(rank, local_rank, world_size, local_world_size, device, backend)
+
+
+def teardown() -> None:
+    """Leave the process group."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def launch(num_agents: int, entrypoint: Callable[..., Any], args: tuple, max_restarts: int = 0) -> None:
+    """Run `entrypoint(*args)` in `num_agents` local processes via torch.distributed's elastic launcher."""
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    # Elastic restarts with gloo fail in connectFullMesh when the rendezvous TCP store is shared.
+    os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=num_agents,
+        run_id=f"dqt-{uuid.uuid4().hex[:8]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=max_restarts,
+        monitor_interval=0.2,
+        start_method="spawn",
+    )
+    elastic_launch(config, entrypoint)(*args)

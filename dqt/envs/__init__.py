@@ -1,0 +1,159 @@
+"""Environments keyed by task name: `mw-<name>` (MetaWorld v3, MT1) or `gym:<id>` (any Box/Box env).
+
+The trainer sees only `Task`: it never learns which suite an env came from. Every agent (rank) and
+every sub-env gets its own seed from `env_seed`, so no two see the same goals.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import gymnasium as gym
+import numpy as np
+
+from dqt.config import ConfigError
+from dqt.envs.wrappers import ActionRepeat
+
+MW_PREFIX, GYM_PREFIX = "mw-", "gym:"
+# Scripted experts whose class name does not follow Sawyer<TaskInCamelCase>V3Policy.
+_EXPERT_ALIASES = {"peg-insert-side": "SawyerPegInsertionSideV3Policy"}
+
+warnings.filterwarnings("ignore", message=".*Constant\\(s\\) may be too high.*")
+
+
+def env_seed(seed: int, rank: int, index: int, num_envs: int) -> int:
+    """Seed of sub-env `index` of agent `rank`: distinct for every (rank, index) pair."""
+    return seed * 1_000_000 + rank * num_envs + index
+
+
+def eval_seed(seed: int) -> int:
+    """Seed of the evaluation envs: the same on every rank so the agents split one set of goals."""
+    return seed * 1_000_000 + 999_999
+
+
+def metaworld_tasks() -> list[str]:
+    """All MetaWorld v3 task names usable as `mw-<name>`."""
+    import metaworld
+
+    return [name.removesuffix("-v3") for name in metaworld._env_dict.ALL_V3_ENVIRONMENTS]
+
+
+def _expert_class(name: str):
+    import metaworld.policies as policies
+
+    wanted = _EXPERT_ALIASES.get(name, "Sawyer" + "".join(p.capitalize() for p in name.split("-")) + "V3Policy")
+    return getattr(policies, wanted, None)
+
+
+@dataclass
+class Task:
+    """A task's spaces and how to build its envs: each env yields float32 obs and takes actions in [-1, 1]."""
+
+    name: str
+    obs_dim: int
+    action_dim: int
+    build: Callable[[int], gym.Env]  # seed -> one wrapped env
+    max_reward_per_step: float | None  # per agent step, when the suite bounds it (MetaWorld)
+    goals: int | None = None  # number of fixed evaluation goals (MetaWorld MT1: 50)
+    has_success: bool = False
+    expert: Callable[[], Callable[[np.ndarray], np.ndarray]] | None = None
+
+    def make_vector_env(self, seeds: list[int]) -> gym.vector.SyncVectorEnv:
+        """One sub-env per seed; finished sub-envs reset in the same step (final obs in info)."""
+        return gym.vector.SyncVectorEnv(
+            [lambda s=s: self.build(s) for s in seeds], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+        )
+
+    def set_goal(self, env: gym.Env, goal: int) -> None:
+        """Fix `env` (built with eval_seed) to evaluation goal `goal` until changed (MetaWorld only)."""
+        tasks = env.get_wrapper_attr("tasks")
+        env.get_wrapper_attr("toggle_sample_tasks_on_reset")(False)
+        env.unwrapped.set_task(tasks[goal % len(tasks)])
+
+
+def _finish(env: gym.Env, action_repeat: int, episode_length: int) -> gym.Env:
+    env = ActionRepeat(env, action_repeat)
+    env = gym.wrappers.TimeLimit(env, episode_length)
+    return gym.wrappers.DtypeObservation(env, np.float32)
+
+
+def _metaworld_task(name: str, action_repeat: int, episode_length: int) -> Task:
+    import metaworld  # noqa: F401  (registers Meta-World/MT1)
+
+    def build(seed: int) -> gym.Env:
+        # MetaWorld ignores reset(seed=...): the seed goes through gym.make, and it fixes the 50 goals.
+        env = gym.make("Meta-World/MT1", env_name=f"{name}-v3", seed=seed, disable_env_checker=True)
+        return _finish(env, action_repeat, episode_length)
+
+    expert_cls = _expert_class(name)
+    return Task(
+        name=f"{MW_PREFIX}{name}",
+        obs_dim=39,
+        action_dim=4,
+        build=build,
+        max_reward_per_step=10.0 * action_repeat,  # v2 rewards are in [0, 10] per env step
+        goals=50,
+        has_success=True,
+        expert=(lambda: expert_cls().get_action) if expert_cls else None,
+    )
+
+
+def _gym_task(env_id: str, action_repeat: int, episode_length: int) -> Task:
+    def build(seed: int) -> gym.Env:
+        env = gym.make(env_id, disable_env_checker=True)
+        env = gym.wrappers.RescaleAction(env, -1.0, 1.0)
+        env.reset(seed=seed)
+        env.action_space.seed(seed)
+        return _finish(env, action_repeat, episode_length)
+
+    probe = gym.make(env_id, disable_env_checker=True)
+    obs_space, act_space = probe.observation_space, probe.action_space
+    probe.close()
+    if not (isinstance(obs_space, gym.spaces.Box) and isinstance(act_space, gym.spaces.Box)):
+        raise ConfigError(f"task=gym:{env_id} is not allowed: expected an env with Box observations and Box actions")
+    if len(obs_space.shape) != 1 or len(act_space.shape) != 1:
+        raise ConfigError(f"task=gym:{env_id} is not allowed: expected flat (1-d) observation and action spaces")
+    if not (np.all(np.isfinite(act_space.low)) and np.all(np.isfinite(act_space.high))):
+        raise ConfigError(f"task=gym:{env_id} is not allowed: expected bounded actions")
+    return Task(
+        name=f"{GYM_PREFIX}{env_id}",
+        obs_dim=int(obs_space.shape[0]),
+        action_dim=int(act_space.shape[0]),
+        build=build,
+        max_reward_per_step=None,
+        has_success=True,
+    )
+
+
+def make_task(name: str, action_repeat: int = 2, episode_length: int = 100) -> Task:
+    """Build the `Task` for a task name; raises ConfigError for an unknown or unusable one."""
+    if name.startswith(MW_PREFIX):
+        short = name[len(MW_PREFIX):]
+        if short not in metaworld_tasks():
+            raise ConfigError(f"task={name!r} is not allowed: expected mw-<name> with <name> one of "
+                              + ", ".join(metaworld_tasks()) + ", or gym:<env id>")
+        if episode_length * action_repeat > 500:
+            raise ConfigError(f"episode_length={episode_length} is not allowed with action_repeat={action_repeat}: "
+                              "MetaWorld episodes end at 500 env steps (episode_length * action_repeat <= 500)")
+        return _metaworld_task(short, action_repeat, episode_length)
+    if name.startswith(GYM_PREFIX):
+        env_id = name[len(GYM_PREFIX):]
+        try:
+            return _gym_task(env_id, action_repeat, episode_length)
+        except ConfigError:
+            raise
+        except Exception as error:  # gymnasium's own errors: unknown id, failed module import
+            first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ConfigError(f"task={name!r} is not allowed: gymnasium cannot make {env_id!r} ({first_line})")
+    raise ConfigError(f"task={name!r} is not allowed: expected mw-<name> with <name> one of "
+                      + ", ".join(metaworld_tasks()) + ", or gym:<env id>")
+
+
+def check_task(name: str, demos: int, action_repeat: int = 2, episode_length: int = 100) -> Task:
+    """make_task plus the checks that depend on other keys (demos need a scripted expert)."""
+    task = make_task(name, action_repeat, episode_length)
+    if demos > 0 and task.expert is None:
+        why = "gym: tasks have no scripted expert" if name.startswith(GYM_PREFIX) else f"MetaWorld has no scripted expert for {name}"
+        raise ConfigError(f"demos={demos} is not allowed for task={name!r}: expected 0 ({why})")
+    return task

@@ -1,0 +1,78 @@
+"""One gradient update of the Q-Transformer: targets, loss, backward (DDP aggregates), guarded step, EMA."""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from dqt import algorithm
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, total_updates: int, final_fraction: float):
+    """A torch.optim.lr_scheduler for `lr_schedule` (stepped once per applied update)."""
+    if kind == "constant":
+        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if kind == "linear":
+        return torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=final_fraction,
+                                                 total_iters=max(1, total_updates))
+    raise ValueError(f"unknown lr_schedule {kind!r}")
+
+
+class Learner:
+    """Holds the online network (possibly DDP-wrapped), its EMA target, the optimiser and scheduler."""
+
+    def __init__(self, online: nn.Module, module: nn.Module, cfg: dict, total_updates: int):
+        self.online = online  # what forward/backward go through (DDP on every rank)
+        self.module = module  # the bare network, shared with `online`
+        self.target = copy.deepcopy(module).requires_grad_(False)
+        self.cfg = cfg
+        self.optimizer = torch.optim.AdamW(module.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        self.scheduler = make_scheduler(self.optimizer, cfg["lr_schedule"], total_updates, cfg["lr_final"])
+        self.updates = 0
+        self.skipped_steps = 0
+        self._online_params = [p for p in module.parameters()]
+        self._target_params = [p for p in self.target.parameters()]
+
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One update on this agent's batch; returns scalar metrics (as floats)."""
+        obs, bins = batch["obs"], batch["bins"]
+        d = bins.shape[1]
+        with torch.no_grad():
+            target_q = self.target(obs, bins[:, : d - 1])
+            target_q_next = self.target(batch["next_obs"], bins[:, :0])[:, 0]
+            y = algorithm.targets(target_q, target_q_next, batch["nstep_return"], batch["bootstrap_discount"],
+                                  batch["mc_return"], self.cfg["mc_lower_bound"])
+        q = self.online(obs, bins[:, : d - 1])
+        total, td, conservative, q_data = algorithm.loss(q, bins, y, self.cfg["conservative_weight"])
+
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()  # DDP's communication hook aggregates the gradients across agents here
+        max_norm = self.cfg["grad_clip"] if self.cfg["grad_clip"] > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self._online_params, max_norm))
+        # Every rank holds the same aggregated gradient, so every rank takes the same decision.
+        if math.isfinite(grad_norm):
+            self.optimizer.step()
+            self.scheduler.step()
+            with torch.no_grad():
+                torch._foreach_lerp_(self._target_params, self._online_params, self.cfg["tau"])
+        else:
+            self.skipped_steps += 1
+        self.updates += 1
+        return {"train/loss": total.detach().item(), "train/td_loss": td.item(), "train/conservative_loss": conservative.item(),
+                "train/q_data": q_data.item(), "train/grad_norm": grad_norm}
+
+    def state_dict(self) -> dict:
+        """Model, target, optimiser, scheduler and counters."""
+        return {"model": self.module.state_dict(), "target": self.target.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "updates": self.updates, "skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore from `state_dict()`."""
+        self.module.load_state_dict(state["model"])
+        self.target.load_state_dict(state["target"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.updates, self.skipped_steps = state["updates"], state["skipped_steps"]

@@ -1,0 +1,119 @@
+"""Rank 0's outputs: metrics.jsonl (the metrics stream), wandb, the progress bar and the learning curve."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+METRICS_FILE = "metrics.jsonl"
+CURVE_FILE = "learning_curve.png"
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """All rows of a run's metrics.jsonl."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_learning_curve(run_dir: str | Path) -> Path | None:
+    """Write learning_curve.png (eval success rate and return against env steps per agent)."""
+    rows = [r for r in read_metrics(run_dir) if "eval/return" in r]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["env_steps"] for r in rows]
+    has_success = any("eval/success_rate" in r for r in rows)
+    fig, axes = plt.subplots(1, 2 if has_success else 1, figsize=(10 if has_success else 5, 3.5), squeeze=False)
+    axes = axes[0]
+    if has_success:
+        axes[0].plot(steps, [r.get("eval/success_rate", math.nan) for r in rows], marker="o")
+        axes[0].set_ylim(-0.02, 1.02)
+        axes[0].set_ylabel("eval success rate")
+    axes[-1].plot(steps, [r["eval/return"] for r in rows], marker="o", color="tab:orange")
+    axes[-1].set_ylabel("eval return")
+    for ax in axes:
+        ax.set_xlabel("env steps per agent")
+        ax.grid(alpha=0.3)
+    fig.suptitle(Path(run_dir).name)
+    fig.tight_layout()
+    out = Path(run_dir) / CURVE_FILE
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+class Logger:
+    """Writes rows on rank 0 only; other ranks get a Logger that does nothing."""
+
+    def __init__(self, run_dir: str, cfg: dict, enabled: bool, total_steps: int, initial_steps: int = 0):
+        self.enabled = enabled
+        self.run_dir = Path(run_dir)
+        self.wandb = None
+        self.bar = None
+        if not enabled:
+            return
+        self.file = open(self.run_dir / METRICS_FILE, "a", buffering=1)
+        if cfg["wandb"]["mode"] != "disabled":
+            self.wandb = _start_wandb(cfg, self.run_dir)
+        if cfg["progress"]:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=initial_steps, unit="step", dynamic_ncols=True,
+                            file=sys.stderr, mininterval=1.0)
+
+    def log(self, row: dict) -> None:
+        """Append one row to metrics.jsonl and send it to wandb."""
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(row) + "\n")
+        if self.wandb is not None:
+            try:
+                self.wandb.log(row, step=row["env_steps"])
+            except Exception as error:  # a dashboard must never stop training
+                print(f"dqt: wandb logging failed, continuing without it: {error}", file=sys.stderr)
+                self.wandb = None
+
+    def progress(self, env_steps: int, **postfix) -> None:
+        """Move the progress bar to `env_steps` and show `postfix`."""
+        if self.bar is not None:
+            self.bar.update(env_steps - self.bar.n)
+            self.bar.set_postfix(postfix, refresh=False)
+
+    def close(self) -> None:
+        """Flush, finish wandb and draw the learning curve."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.close()
+        self.file.close()
+        plot_learning_curve(self.run_dir)
+        if self.wandb is not None:
+            try:
+                self.wandb.finish()
+            except Exception:
+                pass
+
+
+def _start_wandb(cfg: dict, run_dir: Path):
+    """wandb.init in the configured mode; on failure (e.g. online without network) carry on without it."""
+    try:
+        import wandb
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        return wandb.init(
+            project=cfg["wandb"]["project"], group=cfg["wandb"]["group"], name=cfg["wandb"]["name"],
+            mode=cfg["wandb"]["mode"], dir=str(run_dir), config=cfg,
+            settings=wandb.Settings(init_timeout=30, console="off"),
+        )
+    except Exception as error:
+        print(f"dqt: wandb.init failed ({type(error).__name__}: {error}); training continues, metrics.jsonl has "
+              "every row", file=sys.stderr)
+        return None

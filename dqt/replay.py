@@ -1,0 +1,93 @@
+"""One agent's replay: whole episodes stored contiguously in a ring of rows.
+
+An episode of T transitions takes T + 1 rows (the last holds only the final observation), so the
+bootstrap state s_{t+m} is the row `offset` rows ahead and next observations are never stored twice.
+n-step sums and Monte-Carlo returns are computed once, when the episode is added.
+"""
+from __future__ import annotations
+
+import torch
+
+from dqt.algorithm import nstep_returns
+
+
+class EpisodeReplay:
+    """Ring buffer of rows; episodes are added whole and sampled as single transitions."""
+
+    def __init__(self, capacity: int, obs_dim: int, action_dims: int, bins: int, n_step: int, discount: float):
+        self.capacity, self.n_step, self.discount = capacity, n_step, discount
+        bin_dtype = torch.uint8 if bins <= 256 else torch.int16 if bins <= 32768 else torch.int32
+        self.obs = torch.zeros(capacity, obs_dim, dtype=torch.float32)
+        self.bins = torch.zeros(capacity, action_dims, dtype=bin_dtype)
+        self.nstep_return = torch.zeros(capacity, dtype=torch.float32)
+        self.bootstrap_discount = torch.zeros(capacity, dtype=torch.float32)
+        self.mc_return = torch.zeros(capacity, dtype=torch.float32)
+        self.offset = torch.zeros(capacity, dtype=torch.uint8 if n_step < 256 else torch.int32)
+        self.sampleable = torch.zeros(capacity, dtype=torch.bool)
+        self.cursor = 0
+        self.transitions_added = 0
+        self._valid_rows: torch.Tensor | None = None  # cache of sampleable.nonzero(), reset on add
+
+    def __len__(self) -> int:
+        return int(self.sampleable.sum())
+
+    def bytes_per_row(self) -> int:
+        """Memory of one row across all arrays."""
+        arrays = (self.obs, self.bins, self.nstep_return, self.bootstrap_discount, self.mc_return,
+                  self.offset, self.sampleable)
+        return sum(a[0].numel() * a.element_size() for a in arrays)
+
+    def add_episode(self, obs: torch.Tensor, bins: torch.Tensor, rewards: torch.Tensor, terminated: bool) -> None:
+        """Store an episode: obs [T+1, obs_dim] (incl. final), bins [T, d], rewards [T] (already scaled)."""
+        T = rewards.shape[0]
+        rows = T + 1
+        if rows > self.capacity:
+            raise ValueError(f"an episode of {T} steps does not fit a replay of {self.capacity} rows")
+        if self.cursor + rows > self.capacity:  # keep episodes contiguous: wrap, dropping the tail rows
+            self.sampleable[self.cursor:] = False
+            self.cursor = 0
+        R, bootstrap, steps, mc = nstep_returns(rewards, terminated, self.n_step, self.discount)
+        span = slice(self.cursor, self.cursor + rows)
+        self.sampleable[span] = False  # rows of overwritten episodes only ever point forward, never in here
+        self.obs[span] = obs
+        s = slice(self.cursor, self.cursor + T)
+        self.bins[s] = bins.to(self.bins.dtype)
+        self.nstep_return[s], self.bootstrap_discount[s], self.mc_return[s] = R, bootstrap, mc
+        self.offset[s] = steps.to(self.offset.dtype)
+        self.sampleable[s] = True
+        self.cursor += rows
+        self.transitions_added += T
+        self._valid_rows = None
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """A uniform batch of stored transitions (with replacement)."""
+        if self._valid_rows is None:
+            self._valid_rows = self.sampleable.nonzero().squeeze(1)
+        valid = self._valid_rows
+        if valid.numel() == 0:
+            raise RuntimeError("replay is empty: no finished episode yet")
+        index = valid[torch.randint(valid.numel(), (batch_size,), generator=generator)]
+        next_index = index + self.offset[index].long()
+        return {
+            "obs": self.obs[index],
+            "bins": self.bins[index].long(),
+            "nstep_return": self.nstep_return[index],
+            "bootstrap_discount": self.bootstrap_discount[index],
+            "next_obs": self.obs[next_index],
+            "mc_return": self.mc_return[index],
+        }
+
+    def state_dict(self) -> dict:
+        """Everything needed to restore the buffer (tensors and counters)."""
+        return {k: v for k, v in vars(self).items()
+                if not k.startswith("_") and isinstance(v, (torch.Tensor, int, float))}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore from `state_dict()`; shapes must match the configured buffer."""
+        for key, value in state.items():
+            current = getattr(self, key)
+            if isinstance(current, torch.Tensor) and current.shape != value.shape:
+                raise ValueError(f"replay {key} has shape {tuple(value.shape)} in the checkpoint, "
+                                 f"{tuple(current.shape)} in the config")
+            setattr(self, key, value)
+        self._valid_rows = None

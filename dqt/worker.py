@@ -1,0 +1,180 @@
+"""One agent's process: set-up, then one loop read top to bottom — act, learn, evaluate, log, checkpoint."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from dqt import aggregation, checkpoint, distributed
+from dqt.algorithm import reward_scale
+from dqt.collector import Collector, collect_demos, evaluate, explore
+from dqt.envs import env_seed, eval_seed, make_task
+from dqt.learner import Learner
+from dqt.logger import Logger
+from dqt.model import QTransformer, greedy_bins
+from dqt.replay import EpisodeReplay
+
+TRAIN_KEYS = ("train/loss", "train/td_loss", "train/conservative_loss", "train/q_data", "train/grad_norm")
+
+
+def run(cfg: dict, run_dir: str | None) -> None:
+    """Entry point of every agent process (torchrun, the elastic launcher, or in-process for one agent)."""
+    ctx = distributed.setup(cfg["device"])
+    try:
+        train(cfg, shared_run_dir(run_dir, ctx), ctx)
+    finally:
+        distributed.teardown()
+
+
+def shared_run_dir(own_dir: str | None, ctx: distributed.Context) -> str:
+    """Rank 0's run directory, on every rank (under torchrun each rank's hydra may have made its own)."""
+    box = [own_dir]
+    dist.broadcast_object_list(box, src=0)
+    chosen = box[0]
+    if own_dir and own_dir != chosen and not ctx.is_main:
+        own = Path(own_dir)
+        if own.is_dir() and {p.name for p in own.iterdir()} <= {".hydra"}:
+            shutil.rmtree(own, ignore_errors=True)  # this rank's stray hydra dir holds nothing but its config
+    return chosen
+
+
+def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
+    """The training loop of one agent."""
+    torch.set_num_threads(cfg["threads"] or max(1, (os.cpu_count() or 1) // ctx.local_world_size))
+    torch.manual_seed(cfg["seed"])  # same initial weights everywhere (DDP also broadcasts rank 0's)
+    rank, agents, num_envs, device = ctx.rank, ctx.world_size, cfg["num_envs"], ctx.device
+    generator = torch.Generator().manual_seed(cfg["seed"] * 1000 + rank)
+
+    task = make_task(cfg["task"], cfg["action_repeat"], cfg["episode_length"])
+    envs = task.make_vector_env([env_seed(cfg["seed"], rank, i, num_envs) for i in range(num_envs)])
+    eval_envs = [task.build(eval_seed(cfg["seed"])) for _ in range(min(num_envs, -(-cfg["eval_episodes"] // agents)))]
+    model = QTransformer(task.obs_dim, task.action_dim, cfg["bins"], **cfg["model"]).to(device)
+    ddp = DDP(model, device_ids=[device] if device.type == "cuda" else None)
+    faults = aggregation.FaultSpec(tuple(cfg["faults"]["agents"]), cfg["faults"]["kind"], cfg["faults"]["magnitude"])
+    if cfg["aggregation"] != "mean" or faults.agents:
+        aggregation.register(ddp, cfg["aggregation"], cfg["aggregation_trim"], faults if faults.agents else None)
+    warning = aggregation.check_fault_tolerance(cfg["aggregation"], agents, cfg["aggregation_trim"], len(faults.agents))
+    if warning and ctx.is_main:
+        print(f"dqt: warning: {warning}", file=sys.stderr)
+    replay = EpisodeReplay(cfg["replay_size"], task.obs_dim, task.action_dim, cfg["bins"], cfg["n_step"], cfg["discount"])
+    learner = Learner(ddp, model, cfg, total_updates=int(cfg["train_steps"] * cfg["updates_per_step"]))
+    collector = Collector(envs, replay, cfg["bins"], reward_scale(cfg["reward_scale"], cfg["discount"],
+                                                                task.max_reward_per_step))
+
+    counters = {"env_steps": 0, "update_debt": 0.0, "learning": False, "time_s": 0.0,
+                "next_eval": cfg["eval_every"], "next_log": cfg["log_every"], "next_checkpoint": cfg["checkpoint_every"]}
+    ckpt_path = checkpoint.path_for(run_dir, rank)
+    if cfg["resume"] and ckpt_path.exists():
+        state = checkpoint.load(ckpt_path)
+        learner.load_state_dict(state["learner"])
+        replay.load_state_dict(state["replay"])
+        counters.update(state["counters"])
+        checkpoint.set_rng_state(state["rng"])
+        generator.set_state(state["generator"])
+    elif cfg["demos"] > 0:
+        collect_demos(collector, task.expert, cfg["demos"], cfg["demo_noise"], env_seed(cfg["seed"], rank, 0, 1))
+
+    def save_checkpoint() -> None:
+        checkpoint.save({"learner": learner.state_dict(), "replay": replay.state_dict(), "counters": counters,
+                         "rng": checkpoint.rng_state(), "generator": generator.get_state(),
+                         "num_agents": agents}, ckpt_path)
+
+    logger = Logger(run_dir, cfg, ctx.is_main, cfg["train_steps"], counters["env_steps"])
+    window = {"start": time.perf_counter(), "steps": counters["env_steps"], "updates": learner.updates}
+    sums, last_success = torch.zeros(len(TRAIN_KEYS) + 1, dtype=torch.float64), float("nan")
+    started = time.perf_counter() - counters["time_s"]
+
+    while counters["env_steps"] < cfg["train_steps"]:
+        # act: random bins during the seed steps, then greedy decode plus exploration
+        if counters["env_steps"] < cfg["seed_steps"]:
+            bins = torch.randint(cfg["bins"], (num_envs, task.action_dim), generator=generator)
+        else:
+            bins = greedy_bins(model, collector.obs.to(device)).cpu()
+            bins = explore(bins, cfg["bins"], generator=generator, **cfg["explore"])
+        collector.step(bins)
+        counters["env_steps"] += num_envs
+
+        # learn: every agent makes the same number of updates (they are collective through DDP)
+        if not counters["learning"] and counters["env_steps"] >= cfg["seed_steps"]:
+            counters["learning"] = all_agents(len(replay) > 0)
+        if counters["learning"]:
+            counters["update_debt"] += num_envs * cfg["updates_per_step"]
+            while counters["update_debt"] >= 1.0:
+                stats = learner.update({k: v.to(device) for k, v in replay.sample(cfg["batch_size"], generator).items()})
+                sums += torch.tensor([stats[k] for k in TRAIN_KEYS] + [1.0], dtype=torch.float64)
+                counters["update_debt"] -= 1.0
+
+        counters["time_s"] = time.perf_counter() - started
+        done = counters["env_steps"] >= cfg["train_steps"]
+        base = {"env_steps": counters["env_steps"], "total_env_steps": counters["env_steps"] * agents,
+                "updates": learner.updates}
+        if counters["env_steps"] >= counters["next_eval"] or done:
+            mine = list(range(rank, cfg["eval_episodes"], agents))
+            result = torch.tensor(evaluate(task, model, eval_envs, mine, cfg["bins"], eval_seed(cfg["seed"]), device),
+                                  dtype=torch.float64)
+            dist.all_reduce(result)
+            successes, returns, count = result.tolist()
+            row = {**base, "time_s": round(counters["time_s"], 2), "eval/return": returns / count,
+                   "eval/episodes": int(count)}
+            if task.has_success:
+                row["eval/success_rate"] = last_success = successes / count
+            logger.log(row)
+            counters["next_eval"] += cfg["eval_every"]
+        if counters["env_steps"] >= counters["next_log"] or done:
+            logger.log({**base, "time_s": round(counters["time_s"], 2),
+                        **train_row(sums, collector.drain(), learner, agents, window, counters["env_steps"])})
+            sums.zero_()
+            window = {"start": time.perf_counter(), "steps": counters["env_steps"], "updates": learner.updates}
+            counters["next_log"] += cfg["log_every"]
+        if counters["env_steps"] >= counters["next_checkpoint"] or done:
+            save_checkpoint()
+            counters["next_checkpoint"] += cfg["checkpoint_every"]
+        elapsed = max(1e-9, time.perf_counter() - window["start"])
+        logger.progress(counters["env_steps"], sps=f"{(counters['env_steps'] - window['steps']) / elapsed:.0f}",
+                        ups=f"{(learner.updates - window['updates']) / elapsed:.1f}", success=f"{last_success:.2f}")
+
+    logger.close()
+    envs.close()
+
+
+def all_agents(flag: bool) -> bool:
+    """True when `flag` holds on every agent."""
+    value = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
+def train_row(sums: torch.Tensor, episodes: list[tuple[float, float]], learner: Learner, agents: int,
+              window: dict, env_steps: int) -> dict:
+    """Training metrics of the last window: losses averaged over agents, episode stats per agent too."""
+    ep = torch.tensor([sum(r for r, _ in episodes), sum(s for _, s in episodes), len(episodes)], dtype=torch.float64)
+    mine = torch.cat([sums, ep])
+    gathered = [torch.zeros_like(mine) for _ in range(agents)]
+    dist.all_gather(gathered, mine)
+    table = torch.stack(gathered)  # [agents, keys]
+    updates = table[:, len(TRAIN_KEYS)].sum().item()
+    row: dict = {}
+    if updates > 0:
+        for j, key in enumerate(TRAIN_KEYS):
+            row[key] = table[:, j].sum().item() / updates
+    elapsed = max(1e-9, time.perf_counter() - window["start"])
+    row["train/env_steps_per_s"] = (env_steps - window["steps"]) / elapsed
+    row["train/updates_per_s"] = (learner.updates - window["updates"]) / elapsed
+    row["train/skipped_steps"] = learner.skipped_steps
+    row["train/lr"] = learner.optimizer.param_groups[0]["lr"]
+    ep_return, ep_success, ep_count = table[:, -3], table[:, -2], table[:, -1]
+    if ep_count.sum() > 0:
+        row["train/episode_return"] = (ep_return.sum() / ep_count.sum()).item()
+        row["train/success_rate"] = (ep_success.sum() / ep_count.sum()).item()
+        row["train/episodes"] = int(ep_count.sum().item())
+        for agent in range(agents):
+            if ep_count[agent] > 0:
+                row[f"agent{agent}/episode_return"] = (ep_return[agent] / ep_count[agent]).item()
+                row[f"agent{agent}/success_rate"] = (ep_success[agent] / ep_count[agent]).item()
+    return row
