@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 
@@ -24,9 +23,11 @@ class CausalBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = rearrange(self.qkv(self.norm1(x)), "b t (three h d) -> three b h t d", three=3, h=self.heads)
+        b, t, dim = x.shape
+        # plain view/transpose rather than einops: this runs d times per action while acting
+        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
         attn = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.proj(rearrange(attn, "b h t d -> b t (h d)"))
+        x = x + self.proj(attn.transpose(1, 2).reshape(b, t, dim))
         return x + self.mlp(self.norm2(x))
 
 
@@ -48,8 +49,12 @@ class QTransformer(nn.Module):
 
     def forward(self, obs: torch.Tensor, prefix_bins: torch.Tensor) -> torch.Tensor:
         """Q-values [B, k+1, bins] for dimensions 0..k given obs [B, obs_dim] and prefix_bins [B, k] (k < d)."""
+        return self.q_values(self.encoder(obs), prefix_bins)
+
+    def q_values(self, state: torch.Tensor, prefix_bins: torch.Tensor) -> torch.Tensor:
+        """forward() from an already encoded state [B, dim] (decoding encodes once for all d dimensions)."""
         k = prefix_bins.shape[1]
-        state = self.encoder(obs).unsqueeze(1)
+        state = state.unsqueeze(1)
         offsets = torch.arange(k, device=prefix_bins.device) * self.bins
         tokens = torch.cat([state, self.bin_embedding(prefix_bins + offsets)], dim=1)
         x = tokens + self.position[: k + 1]
@@ -62,12 +67,12 @@ class QTransformer(nn.Module):
         return q
 
 
-@torch.no_grad()
-def greedy_bins(model: nn.Module, obs: torch.Tensor) -> torch.Tensor:
+@torch.inference_mode()
+def greedy_bins(model: QTransformer, obs: torch.Tensor) -> torch.Tensor:
     """Greedy autoregressive decode [B, d]: bin i = argmax of the same head training uses, given bins < i."""
-    action_dims = model.action_dims
+    state = model.encoder(obs)
     bins = torch.zeros(obs.shape[0], 0, dtype=torch.long, device=obs.device)
-    for _ in range(action_dims):
-        q_last = model(obs, bins)[:, -1]
+    for _ in range(model.action_dims):
+        q_last = model.q_values(state, bins)[:, -1]
         bins = torch.cat([bins, q_last.argmax(-1, keepdim=True)], dim=1)
     return bins

@@ -19,7 +19,9 @@ MW_PREFIX, GYM_PREFIX = "mw-", "gym:"
 # Scripted experts whose class name does not follow Sawyer<TaskInCamelCase>V3Policy.
 _EXPERT_ALIASES = {"peg-insert-side": "SawyerPegInsertionSideV3Policy"}
 
+# Noise from MetaWorld's scripted experts and from casting its float64 spaces to float32.
 warnings.filterwarnings("ignore", message=".*Constant\\(s\\) may be too high.*")
+warnings.filterwarnings("ignore", message=".*precision lowered by casting to float32.*")
 
 
 def env_seed(seed: int, rank: int, index: int, num_envs: int) -> int:

@@ -1,0 +1,52 @@
+"""dqt-bench learner: one full update (targets, loss, backward, guarded step, EMA, sampling) against the
+forward+backward of the online network alone on the same batch. Target: ratio <= 1.5."""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from dqt import algorithm
+from dqt.bench.common import default_config, median_time
+from dqt.learner import Learner
+from dqt.model import QTransformer
+from dqt.replay import EpisodeReplay
+
+
+def main(argv: list[str]) -> None:
+    cfg = default_config()
+    parser = argparse.ArgumentParser(prog="dqt-bench learner", description=__doc__)
+    parser.add_argument("--batch-size", type=int, default=cfg["batch_size"])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the default run gives each agent 1)")
+    parser.add_argument("--repeats", type=int, default=50)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    obs_dim, dims, bins = 39, 4, cfg["bins"]
+    replay = EpisodeReplay(20_000, obs_dim, dims, bins, cfg["n_step"], cfg["discount"])
+    for _ in range(100):
+        replay.add_episode(torch.randn(101, obs_dim), torch.randint(bins, (100, dims)), torch.rand(100) * 0.002, False)
+    model = QTransformer(obs_dim, dims, bins, **cfg["model"])
+    learner = Learner(model, model, cfg, total_updates=10_000)
+    generator = torch.Generator().manual_seed(0)
+    batch = replay.sample(args.batch_size, generator)
+    y = torch.rand(args.batch_size, dims)
+
+    def forward_backward():
+        q = model(batch["obs"], batch["bins"][:, :-1])
+        total = algorithm.loss(q, batch["bins"], y, cfg["conservative_weight"])[0]
+        model.zero_grad(set_to_none=True)
+        total.backward()
+
+    def update():
+        learner.update(replay.sample(args.batch_size, generator))
+
+    fb = median_time(forward_backward, args.repeats)
+    up = median_time(update, args.repeats)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"model: {params:,} parameters (dim={cfg['model']['dim']}, depth={cfg['model']['depth']}, bins={bins}), "
+          f"batch {args.batch_size}, {args.threads} thread(s)")
+    print(f"forward+backward (online net)   {fb * 1e3:8.2f} ms")
+    print(f"full update step                {up * 1e3:8.2f} ms   ({1 / up:.1f} updates/s)")
+    print(f"ratio update / forward+backward {up / fb:8.2f}   (target <= 1.5)")
