@@ -174,6 +174,9 @@ def validate(cfg: DictConfig, world_size: int | None = None) -> dict:
     elif plain["num_agents"] is None:
         plain["num_agents"] = 2
 
+    if plain["reward_scale"] == "auto" and plain["discount"] == 1:
+        raise ConfigError("discount=1 is not allowed with reward_scale=auto: the auto scale (1-discount)/r_max would "
+                          "zero every reward; set reward_scale to a number or discount < 1")
     n = plain["num_agents"]
     bad = [r for r in plain["faults"]["agents"] if r >= n]
     if bad:

@@ -89,5 +89,9 @@ class EpisodeReplay:
             if isinstance(current, torch.Tensor) and current.shape != value.shape:
                 raise ValueError(f"replay {key} has shape {tuple(value.shape)} in the checkpoint, "
                                  f"{tuple(current.shape)} in the config")
+        for key in ("capacity", "n_step", "discount"):  # stored sums were computed with these
+            if state[key] != getattr(self, key):
+                raise ValueError(f"replay {key} is {state[key]} in the checkpoint, {getattr(self, key)} in the config")
+        for key, value in state.items():
             setattr(self, key, value)
         self._valid_rows = None

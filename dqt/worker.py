@@ -14,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from dqt import aggregation, checkpoint, distributed
 from dqt.algorithm import reward_scale
 from dqt.collector import Collector, collect_demos, evaluate, explore
-from dqt.envs import env_seed, eval_seed, make_task
+from dqt.envs import env_seed, eval_seed, goals_seed, make_task
 from dqt.learner import Learner
 from dqt.logger import Logger
 from dqt.model import QTransformer, greedy_bins
@@ -52,8 +52,10 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
     generator = torch.Generator().manual_seed(cfg["seed"] * 1000 + rank)
 
     task = make_task(cfg["task"], cfg["action_repeat"], cfg["episode_length"])
-    envs = task.make_vector_env([env_seed(cfg["seed"], rank, i, num_envs) for i in range(num_envs)])
-    eval_envs = [task.build(eval_seed(cfg["seed"])) for _ in range(min(num_envs, -(-cfg["eval_episodes"] // agents)))]
+    envs = task.make_vector_env([env_seed(cfg["seed"], rank, i, num_envs) for i in range(num_envs)],
+                                goals_seed(cfg["seed"], rank))
+    eval_envs = [task.build(eval_seed(cfg["seed"]), eval_seed(cfg["seed"]))
+                 for _ in range(min(num_envs, -(-cfg["eval_episodes"] // agents)))]
     model = QTransformer(task.obs_dim, task.action_dim, cfg["bins"], **cfg["model"]).to(device)
     ddp = DDP(model, device_ids=[device] if device.type == "cuda" else None)
     faults = aggregation.FaultSpec(tuple(cfg["faults"]["agents"]), cfg["faults"]["kind"], cfg["faults"]["magnitude"])

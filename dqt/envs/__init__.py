@@ -5,6 +5,7 @@ every sub-env gets its own seed from `env_seed`, so no two see the same goals.
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from typing import Callable
@@ -27,6 +28,11 @@ warnings.filterwarnings("ignore", message=".*precision lowered by casting to flo
 def env_seed(seed: int, rank: int, index: int, num_envs: int) -> int:
     """Seed of sub-env `index` of agent `rank`: distinct for every (rank, index) pair."""
     return seed * 1_000_000 + rank * num_envs + index
+
+
+def goals_seed(seed: int, rank: int) -> int:
+    """Seed of agent `rank`'s MetaWorld goal set (50 goals), distinct from every env seed."""
+    return seed * 1_000_000 + 500_000 + rank
 
 
 def eval_seed(seed: int) -> int:
@@ -55,17 +61,17 @@ class Task:
     name: str
     obs_dim: int
     action_dim: int
-    build: Callable[[int], gym.Env]  # seed -> one wrapped env
+    build: Callable[..., gym.Env]  # (seed, goals_seed=None) -> one wrapped env
     max_reward_per_step: float | None  # per agent step, when the suite bounds it (MetaWorld)
     goals: int | None = None  # number of fixed evaluation goals (MetaWorld MT1: 50)
     has_success: bool = False
     expert: Callable[[], Callable[[np.ndarray], np.ndarray]] | None = None
 
-    def make_vector_env(self, seeds: list[int]) -> gym.vector.SyncVectorEnv:
-        """One sub-env per seed; finished sub-envs reset in the same step (final obs in info)."""
-        return gym.vector.SyncVectorEnv(
-            [lambda s=s: self.build(s) for s in seeds], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
-        )
+    def make_vector_env(self, seeds: list[int], goals_seed: int | None = None) -> gym.vector.SyncVectorEnv:
+        """One sub-env per seed, all drawing goals from one goal set (MetaWorld); finished sub-envs reset in
+        the same step (final obs in info)."""
+        return gym.vector.SyncVectorEnv([lambda s=s: self.build(s, goals_seed) for s in seeds],
+                                        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
 
     def set_goal(self, env: gym.Env, goal: int) -> None:
         """Fix `env` (built with eval_seed) to evaluation goal `goal` until changed (MetaWorld only)."""
@@ -80,12 +86,26 @@ def _finish(env: gym.Env, action_repeat: int, episode_length: int) -> gym.Env:
     return gym.wrappers.DtypeObservation(env, np.float32)
 
 
-def _metaworld_task(name: str, action_repeat: int, episode_length: int) -> Task:
-    import metaworld  # noqa: F401  (registers Meta-World/MT1)
+@functools.lru_cache(maxsize=4)
+def _goal_set(name: str, goals_seed: int):
+    """MetaWorld's MT1 benchmark for one task: its 50 goals are fixed by `goals_seed` (slow to build: cached)."""
+    import metaworld
 
-    def build(seed: int) -> gym.Env:
-        # MetaWorld ignores reset(seed=...): the seed goes through gym.make, and it fixes the 50 goals.
-        env = gym.make("Meta-World/MT1", env_name=f"{name}-v3", seed=seed, disable_env_checker=True)
+    return metaworld.MT1(f"{name}-v3", seed=goals_seed)
+
+
+def _metaworld_task(name: str, action_repeat: int, episode_length: int) -> Task:
+    from metaworld.wrappers import RandomTaskSelectWrapper
+
+    def build(seed: int, goals_seed: int | None = None) -> gym.Env:
+        # The same env stack as gym.make("Meta-World/MT1", ...), with the 50-goal benchmark built once per
+        # goal set instead of once per env. MetaWorld ignores reset(seed=...): env.seed sets the RNG that
+        # picks each episode's goal, so sub-envs sharing a goal set still see different goals.
+        benchmark = _goal_set(name, seed if goals_seed is None else goals_seed)
+        env = benchmark.train_classes[f"{name}-v3"]()
+        env.seed(seed)
+        env = RandomTaskSelectWrapper(env, list(benchmark.train_tasks))
+        env.action_space.seed(seed)
         return _finish(env, action_repeat, episode_length)
 
     expert_cls = _expert_class(name)
@@ -102,7 +122,7 @@ def _metaworld_task(name: str, action_repeat: int, episode_length: int) -> Task:
 
 
 def _gym_task(env_id: str, action_repeat: int, episode_length: int) -> Task:
-    def build(seed: int) -> gym.Env:
+    def build(seed: int, goals_seed: int | None = None) -> gym.Env:
         env = gym.make(env_id, disable_env_checker=True)
         env = gym.wrappers.RescaleAction(env, -1.0, 1.0)
         env.reset(seed=seed)

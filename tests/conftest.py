@@ -1,0 +1,25 @@
+"""Shared fixtures: the repository root and a subprocess runner for the real entry point."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+
+def run_train(*overrides: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m dqt.train overrides...` as a user would run it; tests/ is importable for toy envs."""
+    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+                "WANDB_MODE": "disabled", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "dqt.train", *overrides], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, cwd=ROOT)
+
+
+@pytest.fixture
+def train():
+    return run_train

@@ -1,0 +1,231 @@
+"""Tests of dqt.algorithm against hand-worked numbers (every expectation is a literal computed on paper).
+
+Values are chosen to be exact in binary (halves, quarters, eighths) wherever the arithmetic allows, so
+most comparisons are exact.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from dqt import algorithm
+from dqt.learner import Learner
+from dqt.model import QTransformer
+
+# --------------------------------------------------------------------------------------------------
+# nstep_returns: rewards [1, 2, 3, 4], gamma = 0.5
+
+
+REWARDS = torch.tensor([1.0, 2.0, 3.0, 4.0])
+# mc_t = r_t + 0.5 mc_{t+1}: mc_3 = 4, mc_2 = 3 + 2 = 5, mc_1 = 2 + 2.5 = 4.5, mc_0 = 1 + 2.25 = 3.25
+MC = [3.25, 4.5, 5.0, 4.0]
+
+
+def _check(out, R, bootstrap, offset, mc):
+    got_R, got_bootstrap, got_offset, got_mc = out
+    assert got_R.dtype == torch.float32 and got_bootstrap.dtype == torch.float32 and got_mc.dtype == torch.float32
+    assert torch.equal(got_R, torch.tensor(R))
+    assert torch.equal(got_bootstrap, torch.tensor(bootstrap))
+    assert got_offset.tolist() == offset
+    assert torch.equal(got_mc, torch.tensor(mc))
+
+
+def test_nstep_returns_n3_truncated():
+    # R_0 = 1 + 0.5*2 + 0.25*3 = 2.75; R_1 = 2 + 1.5 + 1 = 4.5; R_2 = 3 + 2 = 5; R_3 = 4
+    # windows m = min(3, 4 - t) = [3, 3, 2, 1]; bootstrap gamma^m = [1/8, 1/8, 1/4, 1/2]
+    out = algorithm.nstep_returns(REWARDS, terminated=False, n=3, discount=0.5)
+    _check(out, [2.75, 4.5, 5.0, 4.0], [0.125, 0.125, 0.25, 0.5], [3, 3, 2, 1], MC)
+
+
+def test_nstep_returns_n3_terminated():
+    # t + m >= T = 4 for t = 1, 2, 3: those windows end in the terminal state and do not bootstrap.
+    out = algorithm.nstep_returns(REWARDS, terminated=True, n=3, discount=0.5)
+    _check(out, [2.75, 4.5, 5.0, 4.0], [0.125, 0.0, 0.0, 0.0], [3, 3, 2, 1], MC)
+
+
+def test_nstep_returns_n1():
+    out = algorithm.nstep_returns(REWARDS, terminated=False, n=1, discount=0.5)
+    _check(out, [1.0, 2.0, 3.0, 4.0], [0.5, 0.5, 0.5, 0.5], [1, 1, 1, 1], MC)
+    out = algorithm.nstep_returns(REWARDS, terminated=True, n=1, discount=0.5)
+    _check(out, [1.0, 2.0, 3.0, 4.0], [0.5, 0.5, 0.5, 0.0], [1, 1, 1, 1], MC)
+
+
+def test_nstep_returns_n_longer_than_episode():
+    # n = 10 > T = 2, rewards [2, 4], gamma 0.5: m = [2, 1], R = [2 + 2, 4], mc = [4, 4]
+    out = algorithm.nstep_returns(torch.tensor([2.0, 4.0]), terminated=False, n=10, discount=0.5)
+    _check(out, [4.0, 4.0], [0.25, 0.5], [2, 1], [4.0, 4.0])
+    out = algorithm.nstep_returns(torch.tensor([2.0, 4.0]), terminated=True, n=10, discount=0.5)
+    _check(out, [4.0, 4.0], [0.0, 0.0], [2, 1], [4.0, 4.0])
+
+
+# --------------------------------------------------------------------------------------------------
+# targets: d = 2 dimensions, 3 bins, batch of 2
+
+TARGET_Q = torch.tensor([
+    [[0.125, 0.5, 0.25], [0.375, 0.875, 0.5]],  # dim-1 max 0.875 (dim-0 max 0.5 must not be used)
+    [[0.75, 0.0, 0.625], [0.25, 0.125, 0.8125]],  # dim-1 max 0.8125
+])
+TARGET_Q_NEXT_FIRST = torch.tensor([[0.5, 0.25, 0.75], [1.0, 2.0, 3.0]])  # maxes 0.75, 3.0
+NSTEP_RETURN = torch.tensor([0.5, 0.25])
+BOOTSTRAP = torch.tensor([0.5, 0.0])  # row 1: the episode terminated inside the window
+MC_RETURN = torch.tensor([0.9375, 0.5])
+
+
+def test_targets_without_mc_bound():
+    y = algorithm.targets(TARGET_Q, TARGET_Q_NEXT_FIRST, NSTEP_RETURN, BOOTSTRAP, MC_RETURN, mc_lower_bound=False)
+    # y[:, 0] = max_b target_q[:, 1, b]; y[:, 1] = R + disc * max_b next_first: 0.5 + 0.5*0.75, 0.25 + 0*3
+    assert torch.equal(y, torch.tensor([[0.875, 0.875], [0.8125, 0.25]]))
+
+
+def test_targets_with_mc_bound():
+    y = algorithm.targets(TARGET_Q, TARGET_Q_NEXT_FIRST, NSTEP_RETURN, BOOTSTRAP, MC_RETURN, mc_lower_bound=True)
+    # row 0: G = 0.9375 lifts both; row 1: G = 0.5 lifts only the last dimension (0.25), not 0.8125
+    assert torch.equal(y, torch.tensor([[0.9375, 0.9375], [0.8125, 0.5]]))
+
+
+def test_targets_three_dimensions_use_the_next_dimension():
+    target_q = torch.tensor([[[9.0, 0.0], [1.0, 2.0], [3.0, 0.5]]])  # d = 3, bins = 2
+    y = algorithm.targets(target_q, torch.tensor([[0.0, 4.0]]), torch.tensor([1.0]), torch.tensor([0.25]),
+                          torch.tensor([0.0]), mc_lower_bound=False)
+    assert torch.equal(y, torch.tensor([[2.0, 3.0, 2.0]]))  # 1 + 0.25 * 4 = 2
+
+
+# --------------------------------------------------------------------------------------------------
+# loss: B = 2, d = 2, bins = 3
+
+Q = torch.tensor([
+    [[1.0, 2.0, 3.0], [0.5, -1.0, 4.0]],
+    [[0.0, 0.0, 2.0], [1.0, 0.0, 0.0]],
+])
+DATA_BINS = torch.tensor([[1, 2], [0, 1]])
+Y = torch.tensor([[1.5, 3.0], [1.0, 0.5]])
+# q_data = [[2, 4], [0, 0]]; errors [[0.5, 1], [-1, -0.5]] -> squares [[0.25, 1], [1, 0.25]], mean 0.625
+TD = 0.3125  # 0.5 * 0.625
+# mean over the two non-data bins of q^2: [[(1+9)/2, (0.25+1)/2], [(0+4)/2, (1+0)/2]] = [[5, 0.625], [2, 0.5]]
+CONSERVATIVE = 1.015625  # 0.5 * (5 + 0.625 + 2 + 0.5) / 4
+Q_DATA_MEAN = 1.5  # (2 + 4 + 0 + 0) / 4
+
+
+def test_loss_by_hand():
+    total, td, conservative, q_data = algorithm.loss(Q, DATA_BINS, Y, conservative_weight=0.5)
+    assert td.item() == TD
+    assert conservative.item() == CONSERVATIVE
+    assert total.item() == 0.8203125  # 0.3125 + 0.5 * 1.015625
+    assert q_data.item() == Q_DATA_MEAN
+
+
+def test_loss_weight_zero_is_td_only():
+    total, td, conservative, _ = algorithm.loss(Q, DATA_BINS, Y, conservative_weight=0.0)
+    assert total.item() == TD and conservative.item() == CONSERVATIVE
+
+
+def test_conservative_term_is_zero_when_q_is_zero_off_data():
+    gen = torch.Generator().manual_seed(0)
+    data_bins = torch.randint(7, (5, 3), generator=gen)
+    q = torch.zeros(5, 3, 7).scatter(-1, data_bins.unsqueeze(-1), torch.randn(5, 3, 1, generator=gen) + 3.0)
+    y = torch.zeros(5, 3)
+    total, td, conservative, _ = algorithm.loss(q, data_bins, y, conservative_weight=2.0)
+    assert conservative.item() == 0.0
+    assert td.item() > 0.0
+    assert total.item() == td.item()
+
+
+def test_loss_gradient_flows_into_q_only():
+    q = Q.clone().requires_grad_(True)
+    y = Y.clone().requires_grad_(True)
+    total, *_ = algorithm.loss(q, DATA_BINS, y, conservative_weight=0.5)
+    total.backward()
+    assert y.grad is None
+    # d td / d q_data = (q_data - y) / (B d) = error / 4; d cons / d q_b = w * 0.5 * 2 q_b / (bins-1) / (B d)
+    # = 0.5 * q_b / 2 / 4 = q_b / 16 on non-data bins
+    expected = torch.tensor([
+        [[1.0 / 16, 0.5 / 4, 3.0 / 16], [0.5 / 16, -1.0 / 16, 1.0 / 4]],
+        [[-1.0 / 4, 0.0, 2.0 / 16], [1.0 / 16, -0.5 / 4, 0.0]],
+    ])
+    torch.testing.assert_close(q.grad, expected, rtol=0, atol=1e-7)
+
+
+# --------------------------------------------------------------------------------------------------
+# The learner's loss depends on the rewards (through the last dimension's target)
+
+LEARNER_CFG = {"lr": 1e-3, "weight_decay": 0.0, "lr_schedule": "constant", "lr_final": 0.1, "mc_lower_bound": True,
+               "conservative_weight": 0.5, "grad_clip": 10.0, "tau": 0.005}
+
+
+def _batch(nstep_return: torch.Tensor) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return {
+        "obs": torch.randn(4, 3, generator=gen),
+        "bins": torch.randint(5, (4, 2), generator=gen),
+        "nstep_return": nstep_return,
+        "bootstrap_discount": torch.tensor([0.5, 0.5, 0.0, 0.25]),
+        "next_obs": torch.randn(4, 3, generator=gen),
+        "mc_return": torch.zeros(4),
+    }
+
+
+def _learner_loss(model: QTransformer, nstep_return: torch.Tensor) -> float:
+    module = copy.deepcopy(model)
+    learner = Learner(module, module, LEARNER_CFG, total_updates=10)
+    return learner.update(_batch(nstep_return))["train/loss"]
+
+
+def test_rewards_change_the_loss():
+    torch.manual_seed(0)
+    model = QTransformer(obs_dim=3, action_dims=2, bins=5, dim=16, depth=1, heads=2)
+    base = _learner_loss(model, torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    same = _learner_loss(model, torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    other = _learner_loss(model, torch.tensor([0.1, 0.2, 0.9, 0.4]))
+    assert math.isfinite(base)
+    assert same == base
+    assert other != base
+
+
+# --------------------------------------------------------------------------------------------------
+# Action discretisation
+
+
+def test_to_bins_ends_and_centre():
+    assert algorithm.to_bins(torch.tensor([-1.0, 1.0, 0.0]), 5).tolist() == [0, 4, 2]
+    assert algorithm.to_bins(torch.tensor([-3.0, 7.0]), 5).tolist() == [0, 4]  # clamped to [-1, 1]
+    assert algorithm.to_bins(torch.tensor([0.0]), 5).dtype == torch.long
+
+
+def test_from_bins_is_bin_centre():
+    assert algorithm.from_bins(torch.arange(5), 5).tolist() == [-1.0, -0.5, 0.0, 0.5, 1.0]
+
+
+def test_to_bins_picks_nearest_centre():
+    # centres of 5 bins: -1, -0.5, 0, 0.5, 1
+    x = torch.tensor([-0.9, -0.7, -0.3, -0.2, 0.2, 0.3, 0.7, 0.8, 0.99])
+    nearest = [-1.0, -0.5, -0.5, 0.0, 0.0, 0.5, 0.5, 1.0, 1.0]
+    assert algorithm.from_bins(algorithm.to_bins(x, 5), 5).tolist() == nearest
+
+
+@pytest.mark.parametrize("bins", [2, 3, 5, 256, 1000])
+def test_bin_index_round_trip_is_exact(bins):
+    index = torch.arange(bins)
+    assert torch.equal(algorithm.to_bins(algorithm.from_bins(index, bins), bins), index)
+
+
+# --------------------------------------------------------------------------------------------------
+# reward_scale
+
+
+def test_reward_scale_auto_metaworld():
+    # (1 - 0.98) / 20 = 0.001 (0.98 is not exact in binary, hence the relative tolerance)
+    assert algorithm.reward_scale("auto", 0.98, 20.0) == pytest.approx(0.001, rel=1e-12, abs=0)
+
+
+def test_reward_scale_auto_gym_is_one():
+    assert algorithm.reward_scale("auto", 0.98, None) == 1.0
+
+
+def test_reward_scale_explicit():
+    scale = algorithm.reward_scale(3, 0.98, 20.0)
+    assert scale == 3.0 and isinstance(scale, float)
+    assert algorithm.reward_scale(0.25, 0.5, None) == 0.25

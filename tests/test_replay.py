@@ -1,0 +1,150 @@
+"""Tests of dqt.replay.EpisodeReplay with hand-made episodes.
+
+Observations encode where they came from: obs[t] = [100 * episode + t, T], so every sampled transition
+can be checked against its episode and step without re-deriving anything with dqt's code.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from dqt.replay import EpisodeReplay
+
+
+def _episode(episode: int, T: int, rewards: list[float] | None = None):
+    obs = torch.tensor([[100.0 * episode + t, float(T)] for t in range(T + 1)])
+    bins = torch.tensor([[t % 5, (2 * t + episode) % 5] for t in range(T)])
+    r = torch.tensor(rewards if rewards is not None else [0.0] * T)
+    return obs, bins, r
+
+
+def _replay(capacity: int, n_step: int = 3, discount: float = 0.5) -> EpisodeReplay:
+    return EpisodeReplay(capacity, obs_dim=2, action_dims=2, bins=5, n_step=n_step, discount=discount)
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# rewards [1, 2, 3, 4], n = 3, gamma = 0.5 (hand-worked in test_algorithm.py)
+R = {0: 2.75, 1: 4.5, 2: 5.0, 3: 4.0}
+MC = {0: 3.25, 1: 4.5, 2: 5.0, 3: 4.0}
+NEXT_T = {0: 3, 1: 4, 2: 4, 3: 4}  # t + min(3, 4 - t)
+
+
+@pytest.mark.parametrize("terminated, bootstrap", [
+    (False, {0: 0.125, 1: 0.125, 2: 0.25, 3: 0.5}),
+    (True, {0: 0.125, 1: 0.0, 2: 0.0, 3: 0.0}),
+])
+def test_sampled_transitions_match_the_episode(terminated, bootstrap):
+    replay = _replay(capacity=20)
+    obs, bins, rewards = _episode(7, 4, [1.0, 2.0, 3.0, 4.0])
+    replay.add_episode(obs, bins, rewards, terminated)
+    assert len(replay) == 4
+    assert replay.transitions_added == 4
+    batch = replay.sample(64, _gen(0))
+    seen = set()
+    for i in range(64):
+        ep, t = divmod(int(batch["obs"][i, 0]), 100)
+        assert ep == 7 and 0 <= t < 4
+        seen.add(t)
+        assert batch["next_obs"][i].tolist() == [700.0 + NEXT_T[t], 4.0]
+        assert batch["bins"][i].tolist() == [t % 5, (2 * t + 7) % 5]
+        assert batch["nstep_return"][i].item() == R[t]
+        assert batch["bootstrap_discount"][i].item() == bootstrap[t]
+        assert batch["mc_return"][i].item() == MC[t]
+    assert seen == {0, 1, 2, 3}  # the final observation (t = 4) is never sampled as a transition
+    assert batch["bins"].dtype == torch.long
+
+
+def test_wrap_overwrites_the_oldest_episode():
+    replay = _replay(capacity=10)  # three episodes of 4 steps need 15 rows: the third overwrites the first
+    for ep in (1, 2, 3):
+        replay.add_episode(*_episode(ep, 4), terminated=False)
+    assert len(replay) == 8
+    batch = replay.sample(200, _gen(1))
+    episodes = (batch["obs"][:, 0] // 100).long()
+    assert set(episodes.tolist()) == {2, 3}
+    assert torch.equal((batch["next_obs"][:, 0] // 100).long(), episodes)
+    t = batch["obs"][:, 0] % 100
+    assert torch.equal(batch["next_obs"][:, 0] % 100, torch.clamp(t + 3, max=4.0))
+
+
+def test_wrap_with_uneven_episodes():
+    # capacity 12, n = 3, row layout worked by hand:
+    #   ep1 T=4 -> rows 0-4;  ep2 T=5 -> rows 5-10;  ep3 T=3 does not fit in row 11: wraps to rows 0-3
+    #   (ep1's steps gone);  ep4 T=2 -> rows 4-6, overwriting ep2's steps 0 and 1 (rows 5, 6).
+    replay = _replay(capacity=12)
+    for ep, T in ((1, 4), (2, 5), (3, 3)):
+        replay.add_episode(*_episode(ep, T), terminated=False)
+    assert len(replay) == 8  # ep3 steps 0-2, ep2 steps 0-4
+    replay.add_episode(*_episode(4, 2), terminated=False)
+    assert len(replay) == 8  # ep3 steps 0-2, ep4 steps 0-1, ep2 steps 2-4
+    batch = replay.sample(500, _gen(2))
+    pairs = set()
+    for i in range(500):
+        ep, t = divmod(int(batch["obs"][i, 0]), 100)
+        T = int(batch["obs"][i, 1])
+        pairs.add((ep, t))
+        assert batch["next_obs"][i].tolist() == [100.0 * ep + min(t + 3, T), float(T)]
+    assert pairs == {(3, 0), (3, 1), (3, 2), (4, 0), (4, 1), (2, 2), (2, 3), (2, 4)}
+
+
+def test_episode_longer_than_capacity_is_rejected():
+    with pytest.raises(ValueError):
+        _replay(capacity=4).add_episode(*_episode(0, 4), terminated=False)
+
+
+def test_empty_replay_cannot_sample():
+    with pytest.raises(RuntimeError):
+        _replay(capacity=4).sample(1)
+
+
+def test_bytes_per_row():
+    # obs 39 x 4 bytes + bins 4 x uint8 + three float32 scalars + uint8 offset + bool = 156 + 4 + 12 + 1 + 1
+    replay = EpisodeReplay(8, obs_dim=39, action_dims=4, bins=256, n_step=3, discount=0.98)
+    assert replay.bytes_per_row() == 174
+    # 257 bins no longer fit uint8: int16 bins, 4 x 2 bytes
+    assert EpisodeReplay(8, obs_dim=39, action_dims=4, bins=257, n_step=3, discount=0.98).bytes_per_row() == 178
+
+
+def test_state_dict_round_trip_gives_identical_samples():
+    replay = _replay(capacity=12)
+    for ep, T in ((1, 4), (2, 5), (3, 3)):
+        replay.add_episode(*_episode(ep, T, [float(ep + t) for t in range(T)]), terminated=ep == 2)
+    buffer = io.BytesIO()
+    torch.save(replay.state_dict(), buffer)  # the checkpoint path: saved, then loaded weights_only
+    buffer.seek(0)
+    restored = _replay(capacity=12)
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    assert len(restored) == len(replay) == 8
+    a, b = replay.sample(32, _gen(3)), restored.sample(32, _gen(3))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # The cursor is restored too: the next episode lands in the same rows of both buffers.
+    for buf in (replay, restored):
+        buf.add_episode(*_episode(4, 2, [1.0, 2.0]), terminated=True)
+    a, b = replay.sample(32, _gen(4)), restored.sample(32, _gen(4))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert restored.transitions_added == 14
+
+
+@pytest.mark.parametrize("key, other", [("n_step", {"n_step": 5}), ("discount", {"discount": 0.9})])
+def test_load_state_dict_rejects_other_return_settings(key, other):
+    # Stored n-step sums and bootstrap discounts were computed with the checkpoint's n_step and discount;
+    # a buffer configured otherwise must not silently adopt them (nor mix them with its own).
+    saved = _replay(capacity=12)
+    saved.add_episode(*_episode(1, 4, [1.0, 2.0, 3.0, 4.0]), terminated=False)
+    configured = EpisodeReplay(12, obs_dim=2, action_dims=2, bins=5, **{"n_step": 3, "discount": 0.5, **other})
+    with pytest.raises(ValueError, match=key):
+        configured.load_state_dict(saved.state_dict())
+
+
+def test_load_state_dict_rejects_other_shapes():
+    small, large = _replay(capacity=8), _replay(capacity=12)
+    with pytest.raises(ValueError, match="shape"):
+        large.load_state_dict(small.state_dict())
