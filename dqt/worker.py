@@ -93,6 +93,10 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
     started = time.perf_counter() - counters["time_s"]
 
     while counters["env_steps"] < cfg["train_steps"]:
+        # learning starts once seed_steps are done and every agent has a finished episode in replay
+        if not counters["learning"] and counters["env_steps"] >= cfg["seed_steps"]:
+            counters["learning"] = all_agents(len(replay) > 0)
+
         # act: random bins during the seed steps, then greedy decode plus exploration
         if counters["env_steps"] < cfg["seed_steps"]:
             bins = torch.randint(cfg["bins"], (num_envs, task.action_dim), generator=generator)
@@ -102,9 +106,8 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
         collector.step(bins)
         counters["env_steps"] += num_envs
 
-        # learn: every agent makes the same number of updates (they are collective through DDP)
-        if not counters["learning"] and counters["env_steps"] >= cfg["seed_steps"]:
-            counters["learning"] = all_agents(len(replay) > 0)
+        # learn: updates_per_step per env step after the seed steps; every agent makes the same number
+        # of updates (they are collective through DDP)
         if counters["learning"]:
             counters["update_debt"] += num_envs * cfg["updates_per_step"]
             while counters["update_debt"] >= 1.0:
