@@ -39,12 +39,15 @@ class Learner:
         """One update on this agent's batch; returns scalar metrics (as floats)."""
         obs, bins = batch["obs"], batch["bins"]
         d = bins.shape[1]
+        q = self.online(obs, bins[:, : d - 1])
         with torch.no_grad():
             target_q = self.target(obs, bins[:, : d - 1])
             target_q_next = self.target(batch["next_obs"], bins[:, :0])[:, 0]
+            online_q = online_q_next = None
+            if self.cfg["double_q"]:
+                online_q, online_q_next = q.detach(), self.module(batch["next_obs"], bins[:, :0])[:, 0]
             y = algorithm.targets(target_q, target_q_next, batch["nstep_return"], batch["bootstrap_discount"],
-                                  batch["mc_return"], self.cfg["mc_lower_bound"])
-        q = self.online(obs, bins[:, : d - 1])
+                                  batch["mc_return"], self.cfg["mc_lower_bound"], online_q, online_q_next)
         total, td, conservative, q_data = algorithm.loss(q, bins, y, self.cfg["conservative_weight"])
 
         self.optimizer.zero_grad(set_to_none=True)

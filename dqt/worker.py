@@ -69,7 +69,7 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
     collector = Collector(envs, replay, cfg["bins"], reward_scale(cfg["reward_scale"], cfg["discount"],
                                                                 task.max_reward_per_step))
 
-    counters = {"env_steps": 0, "update_debt": 0.0, "learning": False, "time_s": 0.0,
+    counters = {"env_steps": 0, "update_debt": 0.0, "learning": False, "pretrained": False, "time_s": 0.0,
                 "next_eval": cfg["eval_every"], "next_log": cfg["log_every"], "next_checkpoint": cfg["checkpoint_every"]}
     ckpt_path = checkpoint.path_for(run_dir, rank)
     if cfg["resume"] and ckpt_path.exists():
@@ -109,6 +109,10 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
         # learn: updates_per_step per env step after the seed steps; every agent makes the same number
         # of updates (they are collective through DDP)
         if counters["learning"]:
+            # once, when learning starts: offline updates on what replay holds (demos, seed steps), so the
+            # agents act on a policy learned from the demonstrations before they add their own data
+            counters["update_debt"] += cfg["pretrain_updates"] if not counters["pretrained"] else 0
+            counters["pretrained"] = True
             counters["update_debt"] += num_envs * cfg["updates_per_step"]
             while counters["update_debt"] >= 1.0:
                 stats = learner.update({k: v.to(device) for k, v in replay.sample(cfg["batch_size"], generator).items()})

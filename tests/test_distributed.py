@@ -22,12 +22,12 @@ def _checkpoint(run_dir, rank):
 def test_two_metaworld_agents_end_identical_with_different_envs(tmp_path):
     result = run_train(
         "num_agents=2", "task=mw-door-unlock", "train_steps=320", "seed_steps=80", "demos=1", "num_envs=2",
-        "updates_per_step=0.25", "batch_size=32", "eval_every=320", "eval_episodes=2", "log_every=160",
+        "updates_per_step=0.25", "pretrain_updates=20", "batch_size=32", "eval_every=320", "eval_episodes=2", "log_every=160",
         "checkpoint_every=320", "progress=false", f"hydra.run.dir={tmp_path}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     first, second = _checkpoint(tmp_path, 0), _checkpoint(tmp_path, 1)
-    assert first["learner"]["updates"] == second["learner"]["updates"] == 60  # (320 - 80) * 0.25
+    assert first["learner"]["updates"] == second["learner"]["updates"] == 80  # 20 + (320 - 80) * 0.25
     for part in ("model", "target"):
         for name, tensor in first["learner"][part].items():
             assert torch.equal(tensor, second["learner"][part][name]), f"{part}.{name} differs across ranks"
