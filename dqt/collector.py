@@ -22,45 +22,45 @@ def explore(bins: torch.Tensor, n_bins: int, kind: str, std: float, eps: float,
 
 
 class Collector:
-    """Steps one agent's vector env and adds every finished episode to its replay."""
+    """Steps one agent's vector env and adds every finished episode to its replay.
 
-    def __init__(self, envs, replay: EpisodeReplay, n_bins: int, reward_scale: float):
+    Episodes in progress live in per-env slots of preallocated tensors written once per step for all
+    envs together; only finished episodes cost per-env work.
+    """
+
+    def __init__(self, envs, replay: EpisodeReplay, n_bins: int, reward_scale: float, episode_length: int):
         self.envs, self.replay, self.n_bins, self.reward_scale = envs, replay, n_bins, reward_scale
-        self.num_envs = envs.num_envs
+        self.num_envs = n = envs.num_envs
         self.obs = torch.as_tensor(envs.reset()[0], dtype=torch.float32)
-        n = self.num_envs
-        self.ep_obs, self.ep_bins, self.ep_rewards = [[] for _ in range(n)], [[] for _ in range(n)], [[] for _ in range(n)]
-        self.ep_raw_return, self.ep_success = [0.0] * n, [0.0] * n
+        self.ep_obs = torch.zeros(n, episode_length + 1, self.obs.shape[1])
+        self.ep_bins = torch.zeros(n, episode_length, replay.bins.shape[1], dtype=torch.long)
+        self.ep_rewards = torch.zeros(n, episode_length, dtype=torch.float64)
+        self.ep_length = torch.zeros(n, dtype=torch.long)
+        self.ep_success = np.zeros(n)
+        self.rows = torch.arange(n)
         self.finished: list[tuple[float, float]] = []  # (raw return, success) since the last drain
-
-    def _reset_episode(self, i: int) -> None:
-        self.ep_obs[i], self.ep_bins[i], self.ep_rewards[i] = [], [], []
-        self.ep_raw_return[i], self.ep_success[i] = 0.0, 0.0
 
     def step(self, bins: torch.Tensor) -> None:
         """Execute the bin centres of `bins` [num_envs, d] in every sub-env."""
         actions = from_bins(bins, self.n_bins).numpy()
         next_obs, rewards, terminated, truncated, info = self.envs.step(actions)
-        step_success = _masked(info, "success", self.num_envs)
+        t = self.ep_length
+        self.ep_obs[self.rows, t] = self.obs
+        self.ep_bins[self.rows, t] = bins
+        self.ep_rewards[self.rows, t] = torch.as_tensor(rewards, dtype=torch.float64)
+        self.ep_length += 1
+        self.ep_success = np.maximum(self.ep_success, _masked(info, "success", self.num_envs))
         done = np.logical_or(terminated, truncated)
         if done.any():
-            final_obs = info["final_obs"]
             final_success = _masked(info["final_info"], "success", self.num_envs)
-        for i in range(self.num_envs):
-            self.ep_obs[i].append(self.obs[i])
-            self.ep_bins[i].append(bins[i])
-            self.ep_rewards[i].append(float(rewards[i]))
-            self.ep_raw_return[i] += float(rewards[i])
-            if done[i]:
-                self.ep_success[i] = max(self.ep_success[i], float(final_success[i]))
-                last = torch.as_tensor(np.asarray(final_obs[i]), dtype=torch.float32)
-                self.replay.add_episode(
-                    torch.stack(self.ep_obs[i] + [last]), torch.stack(self.ep_bins[i]),
-                    torch.tensor(self.ep_rewards[i], dtype=torch.float32) * self.reward_scale, bool(terminated[i]))
-                self.finished.append((self.ep_raw_return[i], self.ep_success[i]))
-                self._reset_episode(i)
-            else:
-                self.ep_success[i] = max(self.ep_success[i], float(step_success[i]))
+            for i in np.flatnonzero(done):
+                length = int(self.ep_length[i])
+                self.ep_obs[i, length] = torch.as_tensor(np.asarray(info["final_obs"][i]), dtype=torch.float32)
+                raw = self.ep_rewards[i, :length]
+                self.replay.add_episode(self.ep_obs[i, : length + 1], self.ep_bins[i, :length],
+                                        (raw * self.reward_scale).float(), bool(terminated[i]))
+                self.finished.append((float(raw.sum()), max(self.ep_success[i], float(final_success[i]))))
+                self.ep_length[i], self.ep_success[i] = 0, 0.0
         self.obs = torch.as_tensor(next_obs, dtype=torch.float32)
 
     def drain(self) -> list[tuple[float, float]]:

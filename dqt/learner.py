@@ -28,7 +28,8 @@ class Learner:
         self.module = module  # the bare network, shared with `online`
         self.target = copy.deepcopy(module).requires_grad_(False)
         self.cfg = cfg
-        self.optimizer = torch.optim.AdamW(module.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        self.optimizer = torch.optim.AdamW(module.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"],
+                                           fused=True)
         self.scheduler = make_scheduler(self.optimizer, cfg["lr_schedule"], total_updates, cfg["lr_final"])
         self.updates = 0
         self.skipped_steps = 0
@@ -40,14 +41,12 @@ class Learner:
         obs, bins = batch["obs"], batch["bins"]
         d = bins.shape[1]
         q = self.online(obs, bins[:, : d - 1])
-        with torch.no_grad():
+        with torch.inference_mode():  # targets carry no gradient; inference mode skips autograd bookkeeping
             target_q = self.target(obs, bins[:, : d - 1])
             target_q_next = self.target(batch["next_obs"], bins[:, :0])[:, 0]
-            online_q = online_q_next = None
-            if self.cfg["double_q"]:
-                online_q, online_q_next = q.detach(), self.module(batch["next_obs"], bins[:, :0])[:, 0]
             y = algorithm.targets(target_q, target_q_next, batch["nstep_return"], batch["bootstrap_discount"],
-                                  batch["mc_return"], self.cfg["mc_lower_bound"], online_q, online_q_next)
+                                  batch["mc_return"], self.cfg["mc_lower_bound"],
+                                  q.detach() if self.cfg["double_q"] else None)
         total, td, conservative, q_data = algorithm.loss(q, bins, y, self.cfg["conservative_weight"])
 
         self.optimizer.zero_grad(set_to_none=True)

@@ -25,9 +25,12 @@ class CausalBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, dim = x.shape
         # plain view/transpose rather than einops: this runs d times per action while acting
-        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
-        attn = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.proj(attn.transpose(1, 2).reshape(b, t, dim))
+        if t == 1:  # a lone token attends only to itself: attention returns its value
+            x = x + self.proj(self.qkv(self.norm1(x))[..., 2 * dim:])
+        else:
+            q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+            attn = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + self.proj(attn.transpose(1, 2).reshape(b, t, dim))
         return x + self.mlp(self.norm2(x))
 
 

@@ -58,7 +58,8 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
                  for _ in range(min(num_envs, -(-cfg["eval_episodes"] // agents)))]
     model = QTransformer(task.obs_dim, task.action_dim, cfg["bins"], **cfg["model"]).to(device)
     ddp = DDP(model, device_ids=[device] if device.type == "cuda" else None)
-    faults = aggregation.FaultSpec(tuple(cfg["faults"]["agents"]), cfg["faults"]["kind"], cfg["faults"]["magnitude"])
+    faults = aggregation.FaultSpec(tuple(cfg["faults"]["agents"]), cfg["faults"]["kind"], cfg["faults"]["magnitude"],
+                                   seed=cfg["seed"])
     if cfg["aggregation"] != "mean" or faults.agents:
         aggregation.register(ddp, cfg["aggregation"], cfg["aggregation_trim"], faults if faults.agents else None)
     warning = aggregation.check_fault_tolerance(cfg["aggregation"], agents, cfg["aggregation_trim"], len(faults.agents))
@@ -66,8 +67,9 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
         print(f"dqt: warning: {warning}", file=sys.stderr)
     replay = EpisodeReplay(cfg["replay_size"], task.obs_dim, task.action_dim, cfg["bins"], cfg["n_step"], cfg["discount"])
     learner = Learner(ddp, model, cfg, total_updates=int(cfg["train_steps"] * cfg["updates_per_step"]))
-    collector = Collector(envs, replay, cfg["bins"], reward_scale(cfg["reward_scale"], cfg["discount"],
-                                                                task.max_reward_per_step))
+    collector = Collector(envs, replay, cfg["bins"],
+                          reward_scale(cfg["reward_scale"], cfg["discount"], task.max_reward_per_step),
+                          cfg["episode_length"])
 
     counters = {"env_steps": 0, "update_debt": 0.0, "learning": False, "pretrained": False, "time_s": 0.0,
                 "next_eval": cfg["eval_every"], "next_log": cfg["log_every"], "next_checkpoint": cfg["checkpoint_every"]}

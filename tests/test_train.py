@@ -34,3 +34,15 @@ def test_resume_continues_the_run_and_a_run_is_never_overwritten(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["env_steps"] for r in rows if "eval/return" in r] == [100, 200, 300, 400]
     assert [r["updates"] for r in rows if "train/loss" in r] == [25, 50, 75, 100]
+
+
+def test_hydra_multirun_sweeps_start_one_job_per_combination(tmp_path):
+    result = run_train("--multirun", *TOY, "train_steps=100", "seed=1,2", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert jobs == ["0", "1"]
+    seeds = [(tmp_path / job / ".hydra" / "overrides.yaml").read_text() for job in jobs]
+    assert "seed=1" in seeds[0] and "seed=2" in seeds[1]
+    for job in jobs:
+        rows = [json.loads(line) for line in (tmp_path / job / "metrics.jsonl").read_text().splitlines()]
+        assert rows[-1]["env_steps"] == 100

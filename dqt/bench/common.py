@@ -19,13 +19,15 @@ def default_config() -> dict:
     return cfg
 
 
-def median_time(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
-    """Median wall time of fn() in seconds."""
+def median_times(fns: list[Callable[[], object]], repeats: int, warmup: int = 3) -> list[float]:
+    """Median wall time in seconds of each fn(), the functions called in turn so drift hits all alike."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, samples in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - start)
+    return [statistics.median(samples) for samples in times]

@@ -7,7 +7,7 @@ import argparse
 import torch
 
 from dqt import algorithm
-from dqt.bench.common import default_config, median_time
+from dqt.bench.common import default_config, median_times
 from dqt.learner import Learner
 from dqt.model import QTransformer
 from dqt.replay import EpisodeReplay
@@ -42,8 +42,7 @@ def main(argv: list[str]) -> None:
     def update():
         learner.update(replay.sample(args.batch_size, generator))
 
-    fb = median_time(forward_backward, args.repeats)
-    up = median_time(update, args.repeats)
+    fb, up = median_times([forward_backward, update], args.repeats)
     params = sum(p.numel() for p in model.parameters())
     print(f"model: {params:,} parameters (dim={cfg['model']['dim']}, depth={cfg['model']['depth']}, bins={bins}), "
           f"batch {args.batch_size}, {args.threads} thread(s)")

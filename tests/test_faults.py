@@ -1,0 +1,47 @@
+"""Faulty agents through the trainer: robust rules keep learning, mean skips non-finite steps."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import run_train
+
+pytestmark = pytest.mark.slow
+
+TOY = ("task=gym:toy_env:Combo-v0", "demos=0", "bins=8", "episode_length=1", "action_repeat=1", "num_envs=4",
+       "seed_steps=100", "pretrain_updates=0", "updates_per_step=0.5", "batch_size=64", "model.dim=32",
+       "model.depth=1", "model.heads=2", "discount=0.9", "conservative_weight=0.5", "explore.kind=eps",
+       "explore.eps=0.3", "eval_episodes=200", "checkpoint_every=100000", "progress=false", "wandb.mode=disabled")
+
+
+def _rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_median_learns_with_one_of_four_agents_scaling_its_gradients_by_1e6(tmp_path):
+    result = run_train(*TOY, "num_agents=4", "train_steps=1200", "eval_every=1200", "log_every=1200",
+                       "aggregation=median", "faults.agents=[1]", "faults.kind=scale", "faults.magnitude=1e6",
+                       f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "dqt: warning" not in result.stderr  # 1 of 4 is within what the median tolerates
+    rows = _rows(tmp_path)
+    assert rows[-1]["train/skipped_steps"] == 0
+    assert [r for r in rows if "eval/success_rate" in r][-1]["eval/success_rate"] >= 0.9
+
+
+def test_nan_agent_skips_every_mean_step_but_no_trimmed_mean_step(tmp_path):
+    common = (*TOY, "num_agents=4", "train_steps=400", "eval_every=400", "log_every=400", "faults.agents=[2]",
+              "faults.kind=nan")
+    mean_dir, trimmed_dir = tmp_path / "mean", tmp_path / "trimmed"
+    mean = run_train(*common, "aggregation=mean", f"hydra.run.dir={mean_dir}")
+    assert mean.returncode == 0, mean.stderr[-3000:]
+    assert "dqt: warning: 1 of 4 agents are faulty but rule 'mean'" in mean.stderr  # the mean tolerates no faulty agent
+    assert _rows(mean_dir)[-1]["train/skipped_steps"] == 150  # every one of (400 - 100) * 0.5 updates
+    weights = torch.load(mean_dir / "checkpoints" / "agent0.pt", weights_only=True)["learner"]["model"]
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+    trimmed = run_train(*common, "aggregation=trimmed_mean", f"hydra.run.dir={trimmed_dir}")
+    assert trimmed.returncode == 0, trimmed.stderr[-3000:]
+    assert _rows(trimmed_dir)[-1]["train/skipped_steps"] == 0
