@@ -155,6 +155,9 @@ def validate(cfg: DictConfig, world_size: int | None = None) -> dict:
     """
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)
+    kind = plain.get("faults", {}).get("kind")
+    if isinstance(kind, float) and math.isnan(kind):  # YAML reads `faults.kind=nan` as the float NaN
+        plain["faults"]["kind"] = "nan"
     for key, (ok, allowed) in RULES.items():
         value: Any = plain
         for part in key.split("."):
