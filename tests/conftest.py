@@ -16,6 +16,7 @@ def run_train(*overrides: str, timeout: float = 300, env: dict | None = None) ->
     """`python -m dqt.train overrides...` as a user would run it; tests/ is importable for toy envs."""
     full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
                 "WANDB_MODE": "disabled", **(env or {})}
+    full_env = {key: value for key, value in full_env.items() if value is not None}  # None: unset it
     return subprocess.run([sys.executable, "-m", "dqt.train", *overrides], capture_output=True, text=True,
                           timeout=timeout, env=full_env, cwd=ROOT)
 

@@ -46,3 +46,12 @@ def test_hydra_multirun_sweeps_start_one_job_per_combination(tmp_path):
     for job in jobs:
         rows = [json.loads(line) for line in (tmp_path / job / "metrics.jsonl").read_text().splitlines()]
         assert rows[-1]["env_steps"] == 100
+
+
+def test_wandb_offline_run_needs_no_key_or_network(tmp_path):
+    offline = [o for o in TOY if not o.startswith("wandb.mode")] + ["wandb.mode=offline"]
+    result = run_train(*offline, "train_steps=100", f"hydra.run.dir={tmp_path}",
+                       env={"WANDB_MODE": None, "WANDB_API_KEY": None})
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
