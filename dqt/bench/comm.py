@@ -101,13 +101,23 @@ def _count(text: str) -> int:
     return int(float(text[:-1] if scale != 1 else text) * scale)
 
 
+def _default_model_size() -> int:
+    """Parameters of the Q-Transformer of conf/config.yaml on MetaWorld (39-d observations, 4 dimensions)."""
+    from dqt.bench.common import default_config
+    from dqt.model import QTransformer
+
+    cfg = default_config()
+    return sum(p.numel() for p in QTransformer(39, 4, cfg["bins"], **cfg["model"]).parameters())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print one table row per (ranks, size, method)."""
     parser = argparse.ArgumentParser(prog="dqt-bench comm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ranks", default="2,3,4,8", help="world sizes, comma-separated")
-    parser.add_argument("--sizes", default="1.2M,4M",
-                        help="gradient sizes in floats (k/M suffixes), comma-separated")
+    parser.add_argument("--sizes", default=f"{_default_model_size()},4M",
+                        help="gradient sizes in floats (k/M suffixes), comma-separated; default: the default "
+                             "config's Q-Transformer and 4M floats")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per cell (median reported)")
     parser.add_argument("--trim", type=float, default=DEFAULT_TRIM, help="trimmed-mean fraction")
     args = parser.parse_args(argv)
