@@ -44,9 +44,11 @@ class Learner:
         with torch.inference_mode():  # targets carry no gradient; inference mode skips autograd bookkeeping
             target_q = self.target(obs, bins[:, : d - 1])
             target_q_next = self.target(batch["next_obs"], bins[:, :0])[:, 0]
+            online_q = online_q_next = None
+            if self.cfg["double_q"]:  # the online values at s_t exist for the loss; s_{t+m} costs one forward
+                online_q, online_q_next = q.detach(), self.module(batch["next_obs"], bins[:, :0])[:, 0]
             y = algorithm.targets(target_q, target_q_next, batch["nstep_return"], batch["bootstrap_discount"],
-                                  batch["mc_return"], self.cfg["mc_lower_bound"],
-                                  q.detach() if self.cfg["double_q"] else None)
+                                  batch["mc_return"], self.cfg["mc_lower_bound"], online_q, online_q_next)
         total, td, conservative, q_data = algorithm.loss(q, bins, y, self.cfg["conservative_weight"])
 
         self.optimizer.zero_grad(set_to_none=True)

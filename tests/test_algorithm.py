@@ -98,10 +98,11 @@ def test_double_q_targets_value_the_online_argmax_with_the_target_net():
     target_q = torch.tensor([[[9.0, 0.0, 0.0], [1.0, 2.0, 3.0]]])  # d = 2, bins = 3
     online_q = torch.tensor([[[0.0, 0.0, 0.0], [5.0, 0.0, 1.0]]])  # online prefers bin 0 of dimension 2
     next_target = torch.tensor([[4.0, 8.0, 2.0]])
+    next_online = torch.tensor([[0.0, 0.0, 7.0]])  # online prefers bin 2 at the bootstrap state
     y = algorithm.targets(target_q, next_target, torch.tensor([1.0]), torch.tensor([0.5]), torch.tensor([0.0]),
-                          mc_lower_bound=False, online_q=online_q)
-    # dimension 1: target's value of bin 0 of dimension 2 = 1 (not the max 3); last: 1 + 0.5 * max 8 = 5
-    assert torch.equal(y, torch.tensor([[1.0, 5.0]]))
+                          mc_lower_bound=False, online_q=online_q, online_q_next_first=next_online)
+    # dimension 1: target's value of bin 0 of dimension 2 = 1 (not the max 3); last: 1 + 0.5 * 2 = 2 (not 1 + 4)
+    assert torch.equal(y, torch.tensor([[1.0, 2.0]]))
 
 
 # --------------------------------------------------------------------------------------------------

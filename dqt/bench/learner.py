@@ -19,7 +19,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--batch-size", type=int, default=cfg["batch_size"])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the default run gives each agent 1)")
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--double-q", choices=("true", "false"), default=str(cfg["double_q"]).lower(),
+                        help="double-Q targets (costs one more 1-token forward of the online net)")
     args = parser.parse_args(argv)
+    cfg["double_q"] = args.double_q == "true"
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -45,7 +48,7 @@ def main(argv: list[str]) -> None:
     fb, up = median_times([forward_backward, update], args.repeats)
     params = sum(p.numel() for p in model.parameters())
     print(f"model: {params:,} parameters (dim={cfg['model']['dim']}, depth={cfg['model']['depth']}, bins={bins}), "
-          f"batch {args.batch_size}, {args.threads} thread(s)")
+          f"batch {args.batch_size}, {args.threads} thread(s), double_q={args.double_q}")
     print(f"forward+backward (online net)   {fb * 1e3:8.2f} ms")
     print(f"full update step                {up * 1e3:8.2f} ms   ({1 / up:.1f} updates/s)")
     print(f"ratio update / forward+backward {up / fb:8.2f}   (target <= 1.5)")
