@@ -66,7 +66,8 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
     if warning and ctx.is_main:
         print(f"dqt: warning: {warning}", file=sys.stderr)
     replay = EpisodeReplay(cfg["replay_size"], task.obs_dim, task.action_dim, cfg["bins"], cfg["n_step"], cfg["discount"])
-    learner = Learner(ddp, model, cfg, total_updates=int(cfg["train_steps"] * cfg["updates_per_step"]))
+    total_updates = cfg["pretrain_updates"] + int((cfg["train_steps"] - cfg["seed_steps"]) * cfg["updates_per_step"])
+    learner = Learner(ddp, model, cfg, total_updates)
     collector = Collector(envs, replay, cfg["bins"],
                           reward_scale(cfg["reward_scale"], cfg["discount"], task.max_reward_per_step),
                           cfg["episode_length"])
