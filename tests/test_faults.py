@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 TOY = ("task=gym:toy_env:Combo-v0", "demos=0", "bins=4", "episode_length=1", "action_repeat=1", "num_envs=4",
        "seed_steps=100", "pretrain_updates=0", "updates_per_step=0.5", "batch_size=64", "model.dim=32",
-       "model.depth=1", "model.heads=2", "discount=0.9", "conservative_weight=0.5", "explore.kind=eps",
+       "model.depth=1", "model.heads=2", "discount=0.9", "conservative_weight=0.5", "lr_schedule=constant", "explore.kind=eps",
        "explore.eps=0.3", "eval_episodes=200", "checkpoint_every=100000", "progress=false", "wandb.mode=disabled")
 
 
@@ -21,7 +21,7 @@ def _rows(run_dir):
 
 
 def test_median_learns_with_one_of_four_agents_scaling_its_gradients_by_1e6(tmp_path):
-    result = run_train(*TOY, "num_agents=4", "train_steps=1200", "eval_every=1200", "log_every=1200",
+    result = run_train(*TOY, "num_agents=4", "train_steps=2000", "eval_every=2000", "log_every=2000",
                        "aggregation=median", "faults.agents=[1]", "faults.kind=scale", "faults.magnitude=1e6",
                        f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
