@@ -71,28 +71,31 @@ def _return_to_go(r: torch.Tensor, discount: float) -> torch.Tensor:
     return mc
 
 
-def targets(target_q: torch.Tensor, target_q_next_first: torch.Tensor, nstep_return: torch.Tensor,
-            bootstrap_discount: torch.Tensor, mc_return: torch.Tensor, mc_lower_bound: bool,
-            online_q: torch.Tensor | None = None, online_q_next_first: torch.Tensor | None = None) -> torch.Tensor:
-    """Bellman targets [B, d] from the target network (Sec. 4.1, Eq. 1; Sec. 4.2; Sec. 4.3).
+def greedy_values(head, features: torch.Tensor, online_q: torch.Tensor | None = None) -> torch.Tensor:
+    """The value a Bellman backup takes at each token: max_b Q_target(b) (Sec. 4.1, Eq. 1), or, given the
+    online net's Q [..., bins] at the same inputs, double Q-learning's Q_target(argmax_b Q_online(b))
+    (van Hasselt et al. 2016): the online net picks the bin, the target net values it.
 
-    target_q: [B, d, bins], target net at (s_t, data prefix); target_q_next_first: [B, bins], target net's
-    first dimension at the bootstrap state s_{t+m}.
+    head: the target network (its `head` gives every bin's Q, `head_at` one bin's); features [..., dim]:
+    the target network's features. Returns [...].
+    """
+    if online_q is None:
+        return head.head(features).amax(dim=-1)
+    return head.head_at(features, online_q.argmax(dim=-1))
+
+
+def targets(next_dimension_value: torch.Tensor, next_state_value: torch.Tensor, nstep_return: torch.Tensor,
+            bootstrap_discount: torch.Tensor, mc_return: torch.Tensor, mc_lower_bound: bool) -> torch.Tensor:
+    """Bellman targets [B, d] (Sec. 4.1, Eq. 1; Sec. 4.2; Sec. 4.3), from `greedy_values` of the target net.
+
+    next_dimension_value: [B, d-1], the value of dimension i+1 at (s_t, a_{1:i}); next_state_value: [B], the
+    value of the first dimension at the bootstrap state s_{t+m}.
       i < d:  y_i = max_b Q_{i+1}(s_t, a_{1:i}, b)                     (maximise over the next dimension)
       i = d:  y_d = R_t^{(m)} + gamma^m (1 - done) max_b Q_1(s_{t+m}, b)  (n-step backup across time steps)
       MC:     y_i = max(y_i, G_t)                                          (Monte-Carlo lower bound)
-    With online_q and online_q_next_first (the online net at the same inputs) every max becomes double
-    Q-learning's: the online net picks the bin, the target net values it (van Hasselt et al. 2016).
     """
-    if online_q is None:
-        within_step = target_q[:, 1:].amax(dim=-1)
-        next_value = target_q_next_first.amax(dim=-1)
-    else:
-        picked = online_q[:, 1:].argmax(dim=-1, keepdim=True)
-        within_step = target_q[:, 1:].gather(-1, picked).squeeze(-1)
-        next_value = target_q_next_first.gather(-1, online_q_next_first.argmax(-1, keepdim=True)).squeeze(-1)
-    across_step = nstep_return + bootstrap_discount * next_value
-    y = torch.cat([within_step, across_step.unsqueeze(1)], dim=1)
+    across_step = nstep_return + bootstrap_discount * next_state_value
+    y = torch.cat([next_dimension_value, across_step.unsqueeze(1)], dim=1)
     if mc_lower_bound:
         y = torch.maximum(y, mc_return.unsqueeze(1))
     return y

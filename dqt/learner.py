@@ -39,16 +39,8 @@ class Learner:
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """One update on this agent's batch; returns scalar metrics (as floats)."""
         obs, bins = batch["obs"], batch["bins"]
-        d = bins.shape[1]
-        q = self.online(obs, bins[:, : d - 1])
-        with torch.inference_mode():  # targets carry no gradient; inference mode skips autograd bookkeeping
-            target_q = self.target(obs, bins[:, : d - 1])
-            target_q_next = self.target(batch["next_obs"], bins[:, :0])[:, 0]
-            online_q = online_q_next = None
-            if self.cfg["double_q"]:  # the online values at s_t exist for the loss; s_{t+m} costs one forward
-                online_q, online_q_next = q.detach(), self.module(batch["next_obs"], bins[:, :0])[:, 0]
-            y = algorithm.targets(target_q, target_q_next, batch["nstep_return"], batch["bootstrap_discount"],
-                                  batch["mc_return"], self.cfg["mc_lower_bound"], online_q, online_q_next)
+        q = self.online(obs, bins[:, :-1])
+        y = self.targets(batch, q.detach())
         total, td, conservative, q_data = algorithm.loss(q, bins, y, self.cfg["conservative_weight"])
 
         self.optimizer.zero_grad(set_to_none=True)
@@ -66,6 +58,29 @@ class Learner:
         self.updates += 1
         return {"train/loss": total.detach().item(), "train/td_loss": td.item(), "train/conservative_loss": conservative.item(),
                 "train/q_data": q_data.item(), "train/grad_norm": grad_norm}
+
+    @torch.inference_mode()  # targets carry no gradient; inference mode skips autograd bookkeeping
+    def targets(self, batch: dict[str, torch.Tensor], online_q: torch.Tensor) -> torch.Tensor:
+        """Bellman targets [B, d] for `batch`, given the online net's Q [B, d, bins] on it.
+
+        Values at the bootstrap state s_{t+m} come from the batch's own forward passes where `successor`
+        names a row holding s_{t+m}; only the other rows cost a (one-token) forward.
+        """
+        obs, prefix, successor = batch["obs"], batch["bins"][:, :-1], batch["successor"]
+        double_q = self.cfg["double_q"]
+        features = self.target.features(obs, prefix)
+        alone, in_batch = successor < 0, successor.clamp(min=0)
+        next_features = features[in_batch, 0]
+        online_next = online_q[in_batch, 0] if double_q else None
+        if alone.any():
+            next_obs, no_prefix = batch["next_obs"][alone], prefix[alone, :0]
+            next_features[alone] = self.target.features(next_obs, no_prefix)[:, 0]
+            if double_q:
+                online_next[alone] = self.module(next_obs, no_prefix)[:, 0]
+        within_step = algorithm.greedy_values(self.target, features[:, 1:], online_q[:, 1:] if double_q else None)
+        across_step = algorithm.greedy_values(self.target, next_features, online_next)
+        return algorithm.targets(within_step, across_step, batch["nstep_return"], batch["bootstrap_discount"],
+                                 batch["mc_return"], self.cfg["mc_lower_bound"])
 
     def state_dict(self) -> dict:
         """Model, target, optimiser, scheduler and counters."""

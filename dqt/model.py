@@ -25,13 +25,29 @@ class CausalBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, dim = x.shape
         # plain view/transpose rather than einops: this runs d times per action while acting
-        if t == 1:  # a lone token attends only to itself: attention returns its value
-            x = x + self.proj(self.qkv(self.norm1(x))[..., 2 * dim:])
+        if t == 1:  # a lone token attends only to itself: attention returns its value, so only v is needed
+            value = F.linear(self.norm1(x), self.qkv.weight[2 * dim:], self.qkv.bias[2 * dim:])
+            x = x + self.proj(value)
         else:
             q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
             attn = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             x = x + self.proj(attn.transpose(1, 2).reshape(b, t, dim))
         return x + self.mlp(self.norm2(x))
+
+    def decode_step(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None):
+        """forward() of one new token x [B, 1, dim] given the keys and values of the tokens before it.
+
+        Returns (output [B, 1, dim], cache including this token). One query over a handful of keys is a few
+        elementwise ops; a batched matmul or SDPA call costs more than the arithmetic at acting batch sizes.
+        """
+        b, _, dim = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, 1, 3, self.heads, dim // self.heads).unbind(2)
+        if cache is not None:
+            k, v = torch.cat([cache[0], k], dim=1), torch.cat([cache[1], v], dim=1)  # [B, t, heads, head_dim]
+        scores = (q * k).sum(-1) * (dim // self.heads) ** -0.5  # [B, t, heads]
+        attn = (scores.softmax(dim=1).unsqueeze(-1) * v).sum(1)  # [B, heads, head_dim]
+        x = x + self.proj(attn.reshape(b, 1, dim))
+        return x + self.mlp(self.norm2(x)), (k, v)
 
 
 class QTransformer(nn.Module):
@@ -52,30 +68,55 @@ class QTransformer(nn.Module):
 
     def forward(self, obs: torch.Tensor, prefix_bins: torch.Tensor) -> torch.Tensor:
         """Q-values [B, k+1, bins] for dimensions 0..k given obs [B, obs_dim] and prefix_bins [B, k] (k < d)."""
-        return self.q_values(self.encoder(obs), prefix_bins)
+        return self.head(self.features(obs, prefix_bins))
 
-    def q_values(self, state: torch.Tensor, prefix_bins: torch.Tensor) -> torch.Tensor:
-        """forward() from an already encoded state [B, dim] (decoding encodes once for all d dimensions)."""
+    def features(self, obs: torch.Tensor, prefix_bins: torch.Tensor) -> torch.Tensor:
+        """The head's input [B, k+1, dim] for forward()'s arguments."""
         k = prefix_bins.shape[1]
-        state = state.unsqueeze(1)
-        offsets = torch.arange(k, device=prefix_bins.device) * self.bins
-        tokens = torch.cat([state, self.bin_embedding(prefix_bins + offsets)], dim=1)
+        state = self.encoder(obs).unsqueeze(1)
+        tokens = torch.cat([state, self.bin_embedding(prefix_bins + self._offsets(0, k))], dim=1)
         x = tokens + self.position[: k + 1]
         for block in self.blocks:
             x = block(x)
-        x = self.norm(x)
-        q = self.advantage(x)
+        return self.norm(x)
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """Q-values [..., bins] of every bin from features [..., dim]."""
+        q = self.advantage(features)
         if self.value is not None:
-            q = self.value(x) + q - q.mean(-1, keepdim=True)
+            q = self.value(features) + q - q.mean(-1, keepdim=True)
         return q
+
+    def head_at(self, features: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+        """head(features) at one bin per token, [...], from features [..., dim] and bins [...] (long).
+
+        Costs one dot product per token instead of `bins`: targets need the value of a single chosen bin.
+        """
+        q = (self.advantage.weight[bins] * features).sum(-1) + self.advantage.bias[bins]
+        if self.value is not None:  # the mean advantage over bins is linear in the features
+            mean = features @ self.advantage.weight.mean(0) + self.advantage.bias.mean()
+            q = self.value(features).squeeze(-1) + q - mean
+        return q
+
+    def _offsets(self, first: int, k: int) -> torch.Tensor:
+        return torch.arange(first, first + k, device=self.position.device) * self.bins
 
 
 @torch.inference_mode()
 def greedy_bins(model: QTransformer, obs: torch.Tensor) -> torch.Tensor:
-    """Greedy autoregressive decode [B, d]: bin i = argmax of the same head training uses, given bins < i."""
-    state = model.encoder(obs)
-    bins = torch.zeros(obs.shape[0], 0, dtype=torch.long, device=obs.device)
-    for _ in range(model.action_dims):
-        q_last = model.q_values(state, bins)[:, -1]
-        bins = torch.cat([bins, q_last.argmax(-1, keepdim=True)], dim=1)
-    return bins
+    """Greedy autoregressive decode [B, d]: bin i = argmax of the same head training uses, given bins < i.
+
+    Each step feeds one new token through the blocks, attending to the keys and values cached from the
+    tokens before it, so acting costs d single-token passes rather than d growing prefixes.
+    """
+    x = (model.encoder(obs) + model.position[0]).unsqueeze(1)
+    caches: list = [None] * len(model.blocks)
+    chosen = []
+    for i in range(model.action_dims):
+        for j, block in enumerate(model.blocks):
+            x, caches[j] = block.decode_step(x, caches[j])
+        bins = model.head(model.norm(x[:, 0])).argmax(-1)
+        chosen.append(bins)
+        if i + 1 < model.action_dims:
+            x = (model.bin_embedding(bins + i * model.bins) + model.position[i + 1]).unsqueeze(1)
+    return torch.stack(chosen, dim=1)

@@ -12,7 +12,7 @@ from dqt.algorithm import nstep_returns
 
 
 class EpisodeReplay:
-    """Ring buffer of rows; episodes are added whole and sampled as single transitions."""
+    """Ring buffer of rows; episodes are added whole and sampled as transitions in pairs (see `sample`)."""
 
     def __init__(self, capacity: int, obs_dim: int, action_dims: int, bins: int, n_step: int, discount: float):
         self.capacity, self.n_step, self.discount = capacity, n_step, discount
@@ -60,13 +60,27 @@ class EpisodeReplay:
         self._valid_rows = None
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """A uniform batch of stored transitions (with replacement)."""
+        """A batch of stored transitions, drawn in pairs.
+
+        The first ceil(B/2) rows are uniform draws (with replacement). Row B/2 + i holds the transition at
+        row i's bootstrap state s_{t+m} when the episode has one there, else another uniform draw; every
+        row is thus drawn with nearly equal probability. `successor[i]` is the batch row whose state is
+        row i's s_{t+m} (-1 if none): the learner reads the networks' values at s_{t+m} off the forward
+        passes it runs on the batch anyway. Short subsequences, as R2D2 and TD-MPC2 sample them.
+        """
         if self._valid_rows is None:
             self._valid_rows = self.sampleable.nonzero().squeeze(1)
         valid = self._valid_rows
         if valid.numel() == 0:
             raise RuntimeError("replay is empty: no finished episode yet")
-        index = valid[torch.randint(valid.numel(), (batch_size,), generator=generator)]
+        first = batch_size - batch_size // 2
+        draws = valid[torch.randint(valid.numel(), (batch_size,), generator=generator)]
+        anchors, second = draws[:first], draws[first:]
+        anchors_next = anchors + self.offset[anchors].long()
+        paired = self.sampleable[anchors_next[: second.numel()]]  # s_{t+m} is a stored transition, not a final obs
+        index = torch.cat([anchors, torch.where(paired, anchors_next[: second.numel()], second)])
+        successor = torch.full((batch_size,), -1, dtype=torch.long)
+        successor[: second.numel()] = torch.where(paired, torch.arange(first, batch_size), -1)
         next_index = index + self.offset[index].long()
         return {
             "obs": self.obs[index],
@@ -75,6 +89,7 @@ class EpisodeReplay:
             "bootstrap_discount": self.bootstrap_discount[index],
             "next_obs": self.obs[next_index],
             "mc_return": self.mc_return[index],
+            "successor": successor,
         }
 
     def state_dict(self) -> dict:

@@ -75,22 +75,41 @@ BOOTSTRAP = torch.tensor([0.5, 0.0])  # row 1: the episode terminated inside the
 MC_RETURN = torch.tensor([0.9375, 0.5])
 
 
+class _QAsFeatures:
+    """A stand-in target head whose features are already the Q-values: head(f) = f."""
+
+    @staticmethod
+    def head(features):
+        return features
+
+    @staticmethod
+    def head_at(features, bins):
+        return features.gather(-1, bins.unsqueeze(-1)).squeeze(-1)
+
+
+def _targets(target_q, target_q_next_first, nstep, bootstrap, mc, mc_lower_bound, online_q=None, online_next=None):
+    head = _QAsFeatures()
+    return algorithm.targets(algorithm.greedy_values(head, target_q[:, 1:], None if online_q is None else online_q[:, 1:]),
+                             algorithm.greedy_values(head, target_q_next_first, online_next),
+                             nstep, bootstrap, mc, mc_lower_bound)
+
+
 def test_targets_without_mc_bound():
-    y = algorithm.targets(TARGET_Q, TARGET_Q_NEXT_FIRST, NSTEP_RETURN, BOOTSTRAP, MC_RETURN, mc_lower_bound=False)
+    y = _targets(TARGET_Q, TARGET_Q_NEXT_FIRST, NSTEP_RETURN, BOOTSTRAP, MC_RETURN, mc_lower_bound=False)
     # y[:, 0] = max_b target_q[:, 1, b]; y[:, 1] = R + disc * max_b next_first: 0.5 + 0.5*0.75, 0.25 + 0*3
     assert torch.equal(y, torch.tensor([[0.875, 0.875], [0.8125, 0.25]]))
 
 
 def test_targets_with_mc_bound():
-    y = algorithm.targets(TARGET_Q, TARGET_Q_NEXT_FIRST, NSTEP_RETURN, BOOTSTRAP, MC_RETURN, mc_lower_bound=True)
+    y = _targets(TARGET_Q, TARGET_Q_NEXT_FIRST, NSTEP_RETURN, BOOTSTRAP, MC_RETURN, mc_lower_bound=True)
     # row 0: G = 0.9375 lifts both; row 1: G = 0.5 lifts only the last dimension (0.25), not 0.8125
     assert torch.equal(y, torch.tensor([[0.9375, 0.9375], [0.8125, 0.5]]))
 
 
 def test_targets_three_dimensions_use_the_next_dimension():
     target_q = torch.tensor([[[9.0, 0.0], [1.0, 2.0], [3.0, 0.5]]])  # d = 3, bins = 2
-    y = algorithm.targets(target_q, torch.tensor([[0.0, 4.0]]), torch.tensor([1.0]), torch.tensor([0.25]),
-                          torch.tensor([0.0]), mc_lower_bound=False)
+    y = _targets(target_q, torch.tensor([[0.0, 4.0]]), torch.tensor([1.0]), torch.tensor([0.25]),
+                 torch.tensor([0.0]), mc_lower_bound=False)
     assert torch.equal(y, torch.tensor([[2.0, 3.0, 2.0]]))  # 1 + 0.25 * 4 = 2
 
 
@@ -99,8 +118,8 @@ def test_double_q_targets_value_the_online_argmax_with_the_target_net():
     online_q = torch.tensor([[[0.0, 0.0, 0.0], [5.0, 0.0, 1.0]]])  # online prefers bin 0 of dimension 2
     next_target = torch.tensor([[4.0, 8.0, 2.0]])
     next_online = torch.tensor([[0.0, 0.0, 7.0]])  # online prefers bin 2 at the bootstrap state
-    y = algorithm.targets(target_q, next_target, torch.tensor([1.0]), torch.tensor([0.5]), torch.tensor([0.0]),
-                          mc_lower_bound=False, online_q=online_q, online_q_next_first=next_online)
+    y = _targets(target_q, next_target, torch.tensor([1.0]), torch.tensor([0.5]), torch.tensor([0.0]),
+                 mc_lower_bound=False, online_q=online_q, online_next=next_online)
     # dimension 1: target's value of bin 0 of dimension 2 = 1 (not the max 3); last: 1 + 0.5 * 2 = 2 (not 1 + 4)
     assert torch.equal(y, torch.tensor([[1.0, 2.0]]))
 
@@ -169,13 +188,16 @@ LEARNER_CFG = {"lr": 1e-3, "weight_decay": 0.0, "lr_schedule": "constant", "lr_f
 
 def _batch(nstep_return: torch.Tensor) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(1)
+    obs, next_obs = torch.randn(4, 3, generator=gen), torch.randn(4, 3, generator=gen)
+    next_obs[0] = obs[2]  # row 0's bootstrap state is row 2's state, as replay.sample pairs them
     return {
-        "obs": torch.randn(4, 3, generator=gen),
+        "obs": obs,
         "bins": torch.randint(5, (4, 2), generator=gen),
         "nstep_return": nstep_return,
         "bootstrap_discount": torch.tensor([0.5, 0.5, 0.0, 0.25]),
-        "next_obs": torch.randn(4, 3, generator=gen),
+        "next_obs": next_obs,
         "mc_return": torch.zeros(4),
+        "successor": torch.tensor([2, -1, -1, -1]),
     }
 
 
@@ -194,6 +216,23 @@ def test_rewards_change_the_loss():
     assert math.isfinite(base)
     assert same == base
     assert other != base
+
+
+@pytest.mark.parametrize("double_q", [False, True])
+def test_values_at_paired_bootstrap_states_equal_their_own_forward(double_q):
+    torch.manual_seed(0)
+    model = QTransformer(obs_dim=3, action_dims=2, bins=5, dim=16, depth=1, heads=2)
+    with torch.no_grad():
+        model.advantage.weight.mul_(10.0)  # spread the bins so a wrong value shows
+    learner = Learner(model, model, {**LEARNER_CFG, "double_q": double_q}, total_updates=10)
+    batch = _batch(torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    q = model(batch["obs"], batch["bins"][:, :-1]).detach()
+    paired = learner.targets(batch, q)
+    alone = learner.targets({**batch, "successor": torch.full((4,), -1)}, q)
+    # the same values from a 2-token and a 1-token forward: equal up to summation order
+    torch.testing.assert_close(paired, alone, rtol=0, atol=1e-6)
+    wrong = learner.targets({**batch, "successor": torch.tensor([1, -1, -1, -1])}, q)
+    assert not torch.allclose(wrong[0], alone[0], rtol=0, atol=1e-4)  # a wrong pairing would show
 
 
 # --------------------------------------------------------------------------------------------------

@@ -64,3 +64,19 @@ def test_shorter_prefix_gives_same_leading_outputs():
         full = model(obs, prefix)
         for k in range(DIMS - 1):  # different sequence lengths may sum in another order: tiny tolerance
             torch.testing.assert_close(model(obs, prefix[:, :k]), full[:, : k + 1], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dueling", [False, True])
+def test_head_at_is_the_head_at_one_bin(dueling):
+    model = _model(5, dueling)
+    gen = torch.Generator().manual_seed(5)
+    obs = torch.randn(8, OBS_DIM, generator=gen)
+    prefix = torch.randint(BINS, (8, DIMS - 1), generator=gen)
+    chosen = torch.randint(BINS, (8, DIMS), generator=gen)
+    with torch.no_grad():
+        features = model.features(obs, prefix)
+        everything = model.head(features)
+        # a dot product per token instead of a matmul over all bins: equal up to summation order
+        torch.testing.assert_close(model.head_at(features, chosen),
+                                   everything.gather(-1, chosen.unsqueeze(-1)).squeeze(-1), rtol=0, atol=1e-5)
+    assert not torch.equal(model.head_at(features, chosen), model.head_at(features, (chosen + 1) % BINS))

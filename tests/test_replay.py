@@ -148,3 +148,27 @@ def test_load_state_dict_rejects_other_shapes():
     small, large = _replay(capacity=8), _replay(capacity=12)
     with pytest.raises(ValueError, match="shape"):
         large.load_state_dict(small.state_dict())
+
+
+def test_sampled_pairs_hold_the_bootstrap_state_as_a_transition():
+    replay = _replay(capacity=30)  # n = 3
+    replay.add_episode(*_episode(1, 4), terminated=False)
+    replay.add_episode(*_episode(2, 9), terminated=False)
+    batch = replay.sample(301, _gen(5))  # odd: 151 anchors, 150 partner rows
+    successor = batch["successor"]
+    assert successor.shape == (301,) and successor.dtype == torch.long
+    assert (successor[150:] == -1).all()  # partner rows and the unpartnered last anchor
+    episode, t = (batch["obs"][:, 0] // 100).long(), (batch["obs"][:, 0] % 100).long()
+    T = batch["obs"][:, 1].long()
+    for i in range(150):
+        # paired exactly when s_{t+3} is a stored transition (not the final observation of the episode)
+        assert (successor[i] >= 0) == (t[i] + 3 < T[i]), (i, t[i], T[i])
+        if successor[i] >= 0:
+            j = int(successor[i])
+            assert j == 151 + i
+            assert torch.equal(batch["obs"][j], batch["next_obs"][i])
+            assert episode[j] == episode[i] and t[j] == t[i] + 3
+    assert 0 < int((successor >= 0).sum()) < 150
+    # every transition still turns up, partner rows included
+    assert {(int(e), int(s)) for e, s in zip(episode[151:], t[151:])} == \
+        {(1, s) for s in range(4)} | {(2, s) for s in range(9)}
