@@ -67,9 +67,12 @@ def _rank(rank: int, n: int, init_file: str, sizes: list[int], repeats: int, tri
         tensor = torch.empty_like(source)
         aggregations = _aggregations(trim)
         times: dict[str, list[float]] = {method: [] for method in aggregations}
-        # Methods take turns within each repeat, so a load change on a shared machine hits them all.
-        for _ in range(repeats + 1):  # the first round warms up buffers and connections
-            for method, aggregate in aggregations.items():
+        # Methods take turns within each repeat, so a load change on a shared machine hits them all, and
+        # the order rotates, so no method always follows the heavy naive gather.
+        names = list(aggregations)
+        for repeat in range(repeats + 1):  # the first round warms up buffers and connections
+            for method in names[repeat % len(names):] + names[: repeat % len(names)]:
+                aggregate = aggregations[method]
                 tensor.copy_(source)
                 dist.barrier()
                 start = time.perf_counter()
@@ -118,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", default=f"{_default_model_size()},4M",
                         help="gradient sizes in floats (k/M suffixes), comma-separated; default: the default "
                              "config's Q-Transformer and 4M floats")
-    parser.add_argument("--repeats", type=int, default=7, help="timed runs per cell (median reported)")
+    parser.add_argument("--repeats", type=int, default=8, help="timed runs per cell (median reported)")
     parser.add_argument("--trim", type=float, default=DEFAULT_TRIM, help="trimmed-mean fraction")
     args = parser.parse_args(argv)
     ranks = [int(r) for r in args.ranks.split(",")]
