@@ -44,7 +44,7 @@ def main(argv: list[str]) -> None:
     raw_envs = task.make_vector_env(seeds)
     raw_envs.reset()
     bins = cfg["bins"]
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # the untrained policy, and so its trajectories, depend on these weights: fix them
     model = QTransformer(task.obs_dim, task.action_dim, bins, **cfg["model"])
     scale = reward_scale("auto", cfg["discount"], task.max_reward_per_step)
     random_bins = dict(kind="eps", std=0.0, eps=1.0)
