@@ -74,7 +74,8 @@ class QTransformer(nn.Module):
         """The head's input [B, k+1, dim] for forward()'s arguments."""
         k = prefix_bins.shape[1]
         state = self.encoder(obs).unsqueeze(1)
-        tokens = torch.cat([state, self.bin_embedding(prefix_bins + self._offsets(0, k))], dim=1)
+        offsets = torch.arange(k, device=prefix_bins.device) * self.bins  # a separate table per dimension
+        tokens = torch.cat([state, self.bin_embedding(prefix_bins + offsets)], dim=1)
         x = tokens + self.position[: k + 1]
         for block in self.blocks:
             x = block(x)
@@ -97,9 +98,6 @@ class QTransformer(nn.Module):
             mean = features @ self.advantage.weight.mean(0) + self.advantage.bias.mean()
             q = self.value(features).squeeze(-1) + q - mean
         return q
-
-    def _offsets(self, first: int, k: int) -> torch.Tensor:
-        return torch.arange(first, first + k, device=self.position.device) * self.bins
 
 
 @torch.inference_mode()
