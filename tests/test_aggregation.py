@@ -22,6 +22,7 @@ from dqt.aggregation import (
     RULES,
     AggregationState,
     FaultSpec,
+    _block_columns,
     check_fault_tolerance,
     coordinate_median,
     coordinate_trimmed_mean,
@@ -312,7 +313,9 @@ def _direct_calls(rank: int, n: int) -> dict:
     members = list(range(1, n))
     subgroup = dist.new_group(members)  # every rank must take part in creating it
     results = {}
-    for numel in sorted({1, n - 1, n, n + 1, 2 * n + 3} - {0}):
+    # The last size gives every rank a shard of two blocks of the statistic, the last rank a remainder.
+    several_blocks = n * (_block_columns(n, 4) + 5) + n - 1
+    for numel in sorted({1, n - 1, n, n + 1, 2 * n + 3, several_blocks} - {0}):
         local = torch.randn(numel, generator=torch.Generator().manual_seed(100 * rank + numel))
         # median_all_reduce takes the all-reduce for N <= 2; robust_all_reduce shows the sharded path.
         for rule, aggregate in (
