@@ -35,18 +35,20 @@ class CausalBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
     def decode_step(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None):
-        """forward() of one new token x [B, 1, dim] given the keys and values of the tokens before it.
+        """forward() of one new token x [B, dim] given the keys and values of the tokens before it.
 
-        Returns (output [B, 1, dim], cache including this token). One query over a handful of keys is a few
+        Returns (output [B, dim], cache including this token). One query over a handful of keys is a few
         elementwise ops; a batched matmul or SDPA call costs more than the arithmetic at acting batch sizes.
         """
-        b, _, dim = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(b, 1, 3, self.heads, dim // self.heads).unbind(2)
-        if cache is not None:
+        b, dim = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, 3, 1, self.heads, dim // self.heads).unbind(1)
+        if cache is None:  # the first token attends only to itself
+            attn = v
+        else:
             k, v = torch.cat([cache[0], k], dim=1), torch.cat([cache[1], v], dim=1)  # [B, t, heads, head_dim]
-        scores = (q * k).sum(-1) * (dim // self.heads) ** -0.5  # [B, t, heads]
-        attn = (scores.softmax(dim=1).unsqueeze(-1) * v).sum(1)  # [B, heads, head_dim]
-        x = x + self.proj(attn.reshape(b, 1, dim))
+            scores = (q * k).sum(-1) * (dim // self.heads) ** -0.5  # [B, t, heads]
+            attn = (scores.softmax(dim=1).unsqueeze(-1) * v).sum(1)  # [B, heads, head_dim]
+        x = x + self.proj(attn.reshape(b, dim))
         return x + self.mlp(self.norm2(x)), (k, v)
 
 
@@ -107,14 +109,14 @@ def greedy_bins(model: QTransformer, obs: torch.Tensor) -> torch.Tensor:
     Each step feeds one new token through the blocks, attending to the keys and values cached from the
     tokens before it, so acting costs d single-token passes rather than d growing prefixes.
     """
-    x = (model.encoder(obs) + model.position[0]).unsqueeze(1)
+    x = model.encoder(obs) + model.position[0]
     caches: list = [None] * len(model.blocks)
     chosen = []
     for i in range(model.action_dims):
         for j, block in enumerate(model.blocks):
             x, caches[j] = block.decode_step(x, caches[j])
-        bins = model.head(model.norm(x[:, 0])).argmax(-1)
+        bins = model.head(model.norm(x)).argmax(-1)
         chosen.append(bins)
         if i + 1 < model.action_dims:
-            x = (model.bin_embedding(bins + i * model.bins) + model.position[i + 1]).unsqueeze(1)
+            x = model.bin_embedding(bins + i * model.bins) + model.position[i + 1]
     return torch.stack(chosen, dim=1)
