@@ -8,8 +8,8 @@ the collector runs the full greedy decode for every step, then executes a unifor
 dimension (epsilon-greedy with epsilon = 1). The untrained policy's own actions (the default
 exploration) are measured too and reported with the simulator's speed on them.
 
-This machine's speed drifts by 20-30% over tens of seconds, so the three measurements run in alternating
-rounds on identical vector envs and every figure is the median over rounds.
+This machine's speed drifts by 20-30% within seconds, so the three measurements take turns every vector
+step, on identical vector envs, and every figure is the median over rounds.
 """
 from __future__ import annotations
 
@@ -55,16 +55,21 @@ def main(argv: list[str]) -> None:
     env_steps = vector_steps * args.num_envs * cfg["action_repeat"]
     raw, rates, sim_rates = [], {name: [] for name in runs}, {name: [] for name in runs}
     for _ in range(args.rounds):
-        start = time.perf_counter()
-        for _ in range(vector_steps):
+        raw_seconds, seconds = 0.0, dict.fromkeys(runs, 0.0)
+        for timed, _ in runs.values():
+            timed.sim_seconds = 0.0
+        for _ in range(vector_steps):  # the three take turns every vector step, so drift hits them alike
+            start = time.perf_counter()
             raw_envs.step(rng.uniform(-1, 1, (args.num_envs, task.action_dim)).astype(np.float32))
-        raw.append(env_steps / (time.perf_counter() - start))
-        for name, (timed, explore_cfg) in runs.items():
-            timed.sim_seconds, start = 0.0, time.perf_counter()
-            for _ in range(vector_steps):
+            raw_seconds += time.perf_counter() - start
+            for name, (timed, explore_cfg) in runs.items():
+                start = time.perf_counter()
                 chosen = explore(greedy_bins(model, timed.collector.obs), bins, generator=generator, **explore_cfg)
                 timed.collector.step(chosen)
-            rates[name].append(env_steps / (time.perf_counter() - start))
+                seconds[name] += time.perf_counter() - start
+        raw.append(env_steps / raw_seconds)
+        for name, (timed, _) in runs.items():
+            rates[name].append(env_steps / seconds[name])
             sim_rates[name].append(env_steps / timed.sim_seconds)
 
     median = statistics.median
