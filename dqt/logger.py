@@ -81,11 +81,12 @@ class Logger:
                 print(f"dqt: wandb logging failed, continuing without it: {error}", file=sys.stderr)
                 self.wandb = None
 
-    def progress(self, env_steps: int, **postfix) -> None:
-        """Move the progress bar to `env_steps` and show `postfix`."""
+    def progress(self, env_steps: int, refresh: bool = False, **postfix) -> None:
+        """Move the progress bar to `env_steps` and show `postfix`; `refresh` redraws it now, for a bar
+        whose step count is not moving (tqdm otherwise redraws only when steps are added)."""
         if self.bar is not None:
             self.bar.update(env_steps - self.bar.n)
-            self.bar.set_postfix(postfix, refresh=False)
+            self.bar.set_postfix(postfix, refresh=refresh)
 
     def close(self) -> None:
         """Flush, finish wandb and draw the learning curve."""

@@ -55,3 +55,14 @@ def test_wandb_offline_run_needs_no_key_or_network(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+
+
+def test_progress_bar_redraws_on_request_while_steps_stand_still(tmp_path, capsys):
+    from dqt.logger import Logger
+
+    logger = Logger(str(tmp_path), {"wandb": {"mode": "disabled"}, "progress": True}, True, total_steps=100)
+    logger.progress(0, updates_left=1900)  # tqdm waits for steps (or a second) before drawing again
+    assert "updates_left=1900" not in capsys.readouterr().err
+    logger.progress(0, refresh=True, updates_left=1800)
+    assert "updates_left=1800" in capsys.readouterr().err
+    logger.close()
