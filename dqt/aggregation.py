@@ -17,8 +17,9 @@ rank: an all-to-all hands each rank every agent's copy of its own ``1/N`` shard 
 reduces that shard, and sends the result straight to every other rank. The statistic over the N copies
 is a pruned sorting network (Batcher's odd-even merge sort) of elementwise ``torch.minimum`` /
 ``torch.maximum``, taken over cache-sized blocks of coordinates: ``torch.sort`` or ``torch.median``
-along a dimension this short is ~10-30x slower on CPU. A robust hook finishes its bucket before it
-returns (see :func:`robust_all_reduce`); only ``mean_hook`` overlaps with the rest of the backward pass.
+along a dimension this short is ~10-30x slower on CPU. The sharded path finishes its bucket before the
+hook returns (see :func:`robust_all_reduce`), so only an all-reduce (``mean_hook``, and the robust rules
+where they reduce to the mean) overlaps with the rest of the backward pass.
 
 Non-finite gradients. Under ``median`` and ``trimmed_mean`` NaN counts as ``+inf``, so a tolerated
 number of agents sending NaN or Inf lands at the extremes and is cut away: the aggregate stays finite.
