@@ -121,8 +121,9 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
                 stats = learner.update({k: v.to(device) for k, v in replay.sample(cfg["batch_size"], generator).items()})
                 sums += torch.tensor([stats[k] for k in TRAIN_KEYS] + [1.0], dtype=torch.float64)
                 counters["update_debt"] -= 1.0
-                if counters["update_debt"] >= 1.0 and learner.updates % 100 == 0:
+                if counters["update_debt"] >= 100 and learner.updates % 100 == 0:
                     # a long run of updates with no env step (pretraining): show it moving, not a frozen bar
+                    # (the short runs between env steps would only make the bar flicker)
                     logger.progress(counters["env_steps"], refresh=True, updates_left=int(counters["update_debt"]))
 
         counters["time_s"] = time.perf_counter() - started
