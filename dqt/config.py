@@ -10,16 +10,15 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from dqt.envs import check_task
+from dqt.errors import ConfigError  # re-exported: callers catch dqt.config.ConfigError
+
 AGGREGATIONS = ("mean", "median", "trimmed_mean")
 FAULT_KINDS = ("scale", "noise", "sign_flip", "nan")
 EXPLORE_KINDS = ("gaussian", "eps")
 LR_SCHEDULES = ("constant", "linear")
 WANDB_MODES = ("offline", "online", "disabled")
 DEVICES = ("auto", "cpu", "cuda")
-
-
-class ConfigError(ValueError):
-    """A config value a user set is not allowed; str(error) is the one-line message."""
 
 
 def _is_int(v: Any) -> bool:
@@ -194,8 +193,6 @@ def validate(cfg: DictConfig, world_size: int | None = None) -> dict:
         raise ConfigError(
             f"model.heads={plain['model']['heads']} is not allowed: expected a divisor of model.dim={plain['model']['dim']}"
         )
-
-    from dqt.envs import check_task  # late import: config checks must not pull in MetaWorld unless needed
 
     check_task(plain["task"], plain["demos"], plain["action_repeat"], plain["episode_length"])
     return plain

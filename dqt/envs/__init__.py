@@ -13,7 +13,7 @@ from typing import Callable
 import gymnasium as gym
 import numpy as np
 
-from dqt.config import ConfigError
+from dqt.errors import ConfigError
 from dqt.envs.wrappers import ActionRepeat
 
 MW_PREFIX, GYM_PREFIX = "mw-", "gym:"
