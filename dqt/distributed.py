@@ -6,13 +6,24 @@ device only: every behaviour is the same under gloo on CPU.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import sys
+import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
+
+from dqt.errors import EXIT_RUN, RunError
+
+EXIT_PEER_LOST = 4  # an agent whose peer exited: it stops without a word, the peer said why
+PEER_LOST_GRACE_S = 5.0
+# gloo's words when the process at the other end of a connection has exited
+_PEER_LOST = ("Connection closed by peer", "Connection reset by peer")
 
 
 @dataclass
@@ -70,6 +81,33 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def one_line_errors(ctx: Context) -> Iterator[None]:
+    """Around an agent's work: a RunError becomes its one line on stderr and exit code EXIT_RUN; losing a
+    peer (which reports its own error) becomes a quiet exit, so no agent prints a traceback for it."""
+    try:
+        yield
+    except RunError as error:
+        if ctx.is_main or not error.every_agent:
+            print(f"dqt: {error}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_RUN)
+    except RuntimeError as error:
+        if ctx.world_size == 1 or not any(words in str(error) for words in _PEER_LOST):
+            raise
+        # Let the launcher see the agent that failed first and stop this one: it then reports that agent
+        # as the root cause (torchrun's "first observed failure"), not this one.
+        time.sleep(PEER_LOST_GRACE_S)
+        sys.exit(EXIT_PEER_LOST)
+
+
+class _QuietReportedFailures(logging.Filter):
+    """Drops the elastic launcher's traceback for agents that exited with a one-line reason of their own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        reported = str(record.msg).startswith("failed (exitcode") and record.args
+        return not (reported and record.args[0] in (EXIT_RUN, EXIT_PEER_LOST))
+
+
 def launch(num_agents: int, entrypoint: Callable[..., Any], args: tuple, max_restarts: int = 0) -> None:
     """Run `entrypoint(*args)` in `num_agents` local processes via torch.distributed's elastic launcher."""
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -88,4 +126,16 @@ def launch(num_agents: int, entrypoint: Callable[..., Any], args: tuple, max_res
         monitor_interval=0.2,
         start_method="spawn",
     )
-    elastic_launch(config, entrypoint)(*args)
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    quiet = _QuietReportedFailures()
+    elastic_log = logging.getLogger("torch.distributed.elastic.multiprocessing.api")
+    elastic_log.addFilter(quiet)
+    try:
+        elastic_launch(config, entrypoint)(*args)
+    except ChildFailedError as error:
+        if {failure.exitcode for failure in error.failures.values()} <= {EXIT_RUN, EXIT_PEER_LOST}:
+            raise SystemExit(EXIT_RUN) from None  # the agent that stopped has said why, in one line
+        raise
+    finally:
+        elastic_log.removeFilter(quiet)

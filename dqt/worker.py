@@ -27,7 +27,8 @@ def run(cfg: dict, run_dir: str | None) -> None:
     """Entry point of every agent process (torchrun, the elastic launcher, or in-process for one agent)."""
     ctx = distributed.setup(cfg["device"])
     try:
-        train(cfg, shared_run_dir(run_dir, ctx), ctx)
+        with distributed.one_line_errors(ctx):
+            train(cfg, shared_run_dir(run_dir, ctx), ctx)
     finally:
         distributed.teardown()
 
