@@ -13,19 +13,23 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from dqt import checkpoint, distributed, worker
+from dqt import distributed, generations, worker
 from dqt.config import ConfigError, validate
 
 
 def check_run_dir(cfg: dict, run_dir: str) -> None:
-    """resume=true needs every agent's checkpoint; resume=false must not overwrite one."""
-    paths = [checkpoint.path_for(run_dir, rank) for rank in range(cfg["num_agents"])]
-    present = [p.exists() for p in paths]
-    if cfg["resume"] and not all(present):
-        missing = ", ".join(str(p) for p, ok in zip(paths, present) if not ok)
-        raise ConfigError(f"resume=true is not allowed: no checkpoint {missing} (pass hydra.run.dir=<the run to continue>"
-                          f" with the same num_agents)")
-    if not cfg["resume"] and any(present):
+    """resume=true needs a complete checkpoint generation of as many agents; resume=false must not overwrite
+    a run's checkpoints."""
+    if cfg["resume"]:
+        found = generations.complete(run_dir)
+        if not found:
+            raise ConfigError(f"resume=true is not allowed: {run_dir} holds no complete checkpoint generation "
+                              f"({generations.CHECKPOINT_DIR}/step_*/ with {generations.MANIFEST}); pass "
+                              "hydra.run.dir=<the run to continue>")
+        if found[0].num_agents != cfg["num_agents"]:
+            raise ConfigError(f"resume=true is not allowed with num_agents={cfg['num_agents']}: the checkpoints in "
+                              f"{run_dir} were written by {found[0].num_agents} agents")
+    elif generations.holds_checkpoints(run_dir):
         raise ConfigError(f"resume=false is not allowed: {run_dir} already holds checkpoints (pass resume=true to "
                           "continue it, or another hydra.run.dir)")
 

@@ -75,9 +75,8 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
 
     counters = {"env_steps": 0, "update_debt": 0.0, "learning": False, "pretrained": False, "time_s": 0.0,
                 "next_eval": cfg["eval_every"], "next_log": cfg["log_every"], "next_checkpoint": cfg["checkpoint_every"]}
-    ckpt_path = checkpoint.path_for(run_dir, rank)
-    if cfg["resume"] and ckpt_path.exists():
-        state = checkpoint.load(ckpt_path)
+    if cfg["resume"]:  # the newest generation every agent can load (train.py checked that one exists)
+        state, _ = checkpoint.load_newest(run_dir, rank, agents)
         learner.load_state_dict(state["learner"])
         replay.load_state_dict(state["replay"])
         counters.update(state["counters"])
@@ -89,7 +88,7 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
     def save_checkpoint() -> None:
         checkpoint.save({"learner": learner.state_dict(), "replay": replay.state_dict(), "counters": counters,
                          "rng": checkpoint.rng_state(), "generator": generator.get_state(),
-                         "num_agents": agents}, ckpt_path)
+                         "num_agents": agents}, run_dir, counters["env_steps"], rank, agents)
 
     logger = Logger(run_dir, cfg, ctx.is_main, cfg["train_steps"], counters["env_steps"])
     window = {"start": time.perf_counter(), "steps": counters["env_steps"], "updates": learner.updates}
@@ -149,9 +148,11 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
             sums.zero_()
             window = {"start": time.perf_counter(), "steps": counters["env_steps"], "updates": learner.updates}
             counters["next_log"] += cfg["log_every"]
+        # collective (all agents write one generation): the test reads only counters that are equal on
+        # every agent, as env_steps grows by num_envs per loop everywhere and all resume from one generation
         if counters["env_steps"] >= counters["next_checkpoint"] or done:
+            counters["next_checkpoint"] += cfg["checkpoint_every"]  # first: a resumed run must not save at once
             save_checkpoint()
-            counters["next_checkpoint"] += cfg["checkpoint_every"]
         elapsed = max(1e-9, time.perf_counter() - window["start"])
         logger.progress(counters["env_steps"], sps=f"{(counters['env_steps'] - window['steps']) / elapsed:.0f}",
                         ups=f"{(learner.updates - window['updates']) / elapsed:.1f}", success=f"{last_success:.2f}")

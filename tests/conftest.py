@@ -21,6 +21,15 @@ def run_train(*overrides: str, timeout: float = 300, env: dict | None = None) ->
                           timeout=timeout, env=full_env, cwd=ROOT)
 
 
+def newest_checkpoint(run_dir: str | Path, rank: int) -> dict:
+    """Agent `rank`'s state in the run's newest complete checkpoint generation."""
+    import torch
+
+    from dqt import generations
+
+    return torch.load(generations.complete(run_dir)[0].agent_file(rank), weights_only=True)
+
+
 @pytest.fixture
 def train():
     return run_train

@@ -10,13 +10,13 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, TESTS, run_train
+from conftest import ROOT, TESTS, newest_checkpoint, run_train
 
 pytestmark = pytest.mark.slow
 
 
 def _checkpoint(run_dir, rank):
-    return torch.load(run_dir / "checkpoints" / f"agent{rank}.pt", weights_only=True)
+    return newest_checkpoint(run_dir, rank)
 
 
 def test_two_metaworld_agents_end_identical_with_different_envs(tmp_path):
@@ -60,7 +60,8 @@ def test_torchrun_ranks_share_one_run_dir(tmp_path):
     run_dirs = [p for p in tmp_path.iterdir()]
     assert len(run_dirs) == 1, run_dirs
     run_dir = run_dirs[0]
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["agent0.pt", "agent1.pt"]
+    assert sorted(p.name for p in (run_dir / "checkpoints" / "step_000000200").iterdir()) == [
+        "MANIFEST.json", "agent0.pt", "agent1.pt"]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["total_env_steps"] == 400
     a, b = _checkpoint(run_dir, 0), _checkpoint(run_dir, 1)

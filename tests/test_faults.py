@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import run_train
+from conftest import newest_checkpoint, run_train
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ def test_nan_agent_skips_every_mean_step_but_no_trimmed_mean_step(tmp_path):
     assert mean.returncode == 0, mean.stderr[-3000:]
     assert "dqt: warning: 1 of 4 agents are faulty but rule 'mean'" in mean.stderr  # the mean tolerates no faulty agent
     assert _rows(mean_dir)[-1]["train/skipped_steps"] == 150  # every one of (400 - 100) * 0.5 updates
-    weights = torch.load(mean_dir / "checkpoints" / "agent0.pt", weights_only=True)["learner"]["model"]
+    weights = newest_checkpoint(mean_dir, 0)["learner"]["model"]
     assert all(torch.isfinite(w).all() for w in weights.values())
 
     trimmed = run_train(*common, "aggregation=trimmed_mean", f"hydra.run.dir={trimmed_dir}")

@@ -4,9 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
-from conftest import run_train
+from conftest import newest_checkpoint, run_train
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +18,7 @@ TOY = ("task=gym:toy_env:Combo-v0", "num_agents=1", "demos=0", "episode_length=1
 def test_resume_continues_the_run_and_a_run_is_never_overwritten(tmp_path):
     first = run_train(*TOY, "train_steps=200", f"hydra.run.dir={tmp_path}")
     assert first.returncode == 0, first.stderr[-3000:]
-    saved = torch.load(tmp_path / "checkpoints" / "agent0.pt", weights_only=True)
+    saved = newest_checkpoint(tmp_path, 0)
     assert saved["counters"]["env_steps"] == 200 and saved["learner"]["updates"] == 50  # 10 + (200 - 40) * 0.25
 
     again = run_train(*TOY, "train_steps=400", f"hydra.run.dir={tmp_path}")
@@ -28,7 +27,7 @@ def test_resume_continues_the_run_and_a_run_is_never_overwritten(tmp_path):
 
     resumed = run_train(*TOY, "train_steps=400", "resume=true", f"hydra.run.dir={tmp_path}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    final = torch.load(tmp_path / "checkpoints" / "agent0.pt", weights_only=True)
+    final = newest_checkpoint(tmp_path, 0)
     assert final["counters"]["env_steps"] == 400 and final["learner"]["updates"] == 100  # 50 + 200 * 0.25, no second pretraining
     assert final["replay"]["transitions_added"] == 400  # the first part's data was kept
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
