@@ -9,6 +9,7 @@ import math
 from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from dqt.envs import check_task
 from dqt.errors import ConfigError  # re-exported: callers catch dqt.config.ConfigError
@@ -147,13 +148,43 @@ def _show(v: Any) -> str:
     return str(v).replace("True", "true").replace("False", "false")
 
 
+def _lookup(plain: dict, key: str) -> Any:
+    for part in key.split("."):
+        plain = plain[part]
+    return plain
+
+
+def _unknown_keys(node: dict, prefix: str = "") -> list[str]:
+    """Keys of `node` that no rule checks (e.g. added with +key=value)."""
+    unknown = []
+    for name, value in node.items():
+        key = f"{prefix}{name}"
+        if key in RULES:
+            continue
+        if isinstance(value, dict) and any(rule.startswith(f"{key}.") for rule in RULES):
+            unknown += _unknown_keys(value, f"{key}.")
+        else:
+            unknown.append(key)
+    return unknown
+
+
 def validate(cfg: DictConfig, world_size: int | None = None) -> dict:
     """Check every key of `cfg`; return it as a plain dict with `num_agents` resolved.
 
     `world_size` is torchrun's WORLD_SIZE when running under torchrun, else None.
     """
-    plain = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as error:  # e.g. lr=${oops}: an interpolation that does not resolve
+        key, why = getattr(error, "full_key", None), str(error).splitlines()[0]
+        if not key:
+            raise ConfigError(f"the config does not resolve: {why}") from None
+        raw = _lookup(OmegaConf.to_container(cfg, resolve=False), key)
+        raise ConfigError(f"{key}={raw} is not allowed: {why}") from None
     assert isinstance(plain, dict)
+    for key in _unknown_keys(plain):
+        raise ConfigError(f"{key}={_show(_lookup(plain, key))} is not allowed: {key} is not a config key (the keys "
+                          "are listed in conf/config.yaml and the README's configuration table)")
     kind = plain.get("faults", {}).get("kind")
     if isinstance(kind, float) and math.isnan(kind):  # YAML reads `faults.kind=nan` as the float NaN
         plain["faults"]["kind"] = "nan"
@@ -181,10 +212,20 @@ def validate(cfg: DictConfig, world_size: int | None = None) -> dict:
     if plain["reward_scale"] == "auto" and plain["discount"] == 1:
         raise ConfigError("discount=1 is not allowed with reward_scale=auto: the auto scale (1-discount)/r_max would "
                           "zero every reward; set reward_scale to a number or discount < 1")
-    n = plain["num_agents"]
-    bad = [r for r in plain["faults"]["agents"] if r >= n]
+    n, faulty = plain["num_agents"], plain["faults"]["agents"]
+    bad = [r for r in faulty if r >= n]
     if bad:
         raise ConfigError(f"faults.agents={bad} is not allowed: expected ranks below num_agents={n}")
+    if faulty and len(faulty) >= n:
+        raise ConfigError(f"faults.agents={faulty} is not allowed with num_agents={n}: expected fewer faulty agents "
+                          "than agents (no honest agent would be left)")
+    if plain["batch_size"] > plain["replay_size"]:
+        raise ConfigError(f"batch_size={plain['batch_size']} is not allowed with replay_size={plain['replay_size']}: "
+                          "expected batch_size <= replay_size")
+    if plain["replay_size"] < plain["episode_length"] + 1:
+        raise ConfigError(f"replay_size={plain['replay_size']} is not allowed with episode_length="
+                          f"{plain['episode_length']}: an episode takes episode_length + 1 rows of replay; expected "
+                          f"replay_size >= {plain['episode_length'] + 1}")
     if plain["seed_steps"] > plain["train_steps"]:
         raise ConfigError(
             f"seed_steps={plain['seed_steps']} is not allowed: expected at most train_steps={plain['train_steps']}"

@@ -2,19 +2,31 @@
 
 Under torchrun every rank runs this and becomes one agent; otherwise it starts `num_agents` agent
 processes itself through torch.distributed's elastic launcher (one agent runs in-process).
+
+A bad command line is refused before anything is written: hydra's own errors (unknown key, unparsable
+override) and dqt's checks (dqt/config.py, `check_run_dir`) each give one line on stderr and exit code 2.
+dqt's checks run in a hydra callback, before hydra creates the run directory; torch is imported only
+once the config is accepted, so a refusal takes well under a second.
 """
 from __future__ import annotations
 
+import copy
 import os
+import re
+import shutil
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.errors import HydraException, OverrideParseException
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, open_dict, read_write
+from omegaconf.errors import OmegaConfBaseException
 
-from dqt import distributed, generations, worker
+from dqt import generations
 from dqt.config import ConfigError, validate
+from dqt.errors import EXIT_CONFIG
 
 
 def check_run_dir(cfg: dict, run_dir: str) -> None:
@@ -34,31 +46,87 @@ def check_run_dir(cfg: dict, run_dir: str) -> None:
                           "continue it, or another hydra.run.dir)")
 
 
+def _torchrun_world_size() -> int | None:
+    """WORLD_SIZE under torchrun, else None (dqt.distributed.under_torchrun, without importing torch)."""
+    return int(os.environ["WORLD_SIZE"]) if "RANK" in os.environ and "WORLD_SIZE" in os.environ else None
+
+
+def _checked(task_cfg: DictConfig, run_dir: str) -> dict:
+    """The validated config; on a bad value print its one line (once per node) and exit 2."""
+    try:
+        cfg = validate(task_cfg, _torchrun_world_size())
+        if int(os.environ.get("RANK", 0)) == 0:
+            check_run_dir(cfg, run_dir)
+        return cfg
+    except ConfigError as error:
+        if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+            print(f"dqt: {error}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+
+
+class RefuseBadConfig(Callback):
+    """Hydra callback (conf/config.yaml): check the config before hydra creates the run directory."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        task_cfg = copy.deepcopy(config)
+        with read_write(task_cfg), open_dict(task_cfg):
+            del task_cfg["hydra"]
+        _checked(task_cfg, str(config.hydra.run.dir))
+
+
 # The configs live in the repository's top-level conf/ (the package is installed editable).
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def hydra_main(raw: DictConfig) -> None:
-    world_size = int(os.environ["WORLD_SIZE"]) if distributed.under_torchrun() else None
     run_dir = HydraConfig.get().runtime.output_dir
-    try:
-        cfg = validate(raw, world_size)
-        if world_size is None or int(os.environ.get("RANK", 0)) == 0:
-            check_run_dir(cfg, run_dir)
-    except ConfigError as error:
-        print(f"dqt: {error}", file=sys.stderr)
-        sys.exit(2)
-    if world_size is not None or cfg["num_agents"] == 1:
+    try:  # again: multirun jobs do not pass through the callback
+        cfg = _checked(raw, run_dir)
+    except SystemExit:
+        _remove_if_unused(Path(run_dir))
+        raise
+    from dqt import distributed, worker  # torch, only for a config that was accepted
+
+    if _torchrun_world_size() is not None or cfg["num_agents"] == 1:
         worker.run(cfg, run_dir)
     else:
         distributed.launch(cfg["num_agents"], worker.run, (cfg, run_dir), cfg["max_restarts"])
     print(f"dqt: run directory {run_dir}", file=sys.stderr)
 
 
+def _remove_if_unused(run_dir: Path) -> None:
+    """Remove a run directory that holds nothing but hydra's record of the refused command line."""
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _one_line(error: Exception, argv: list[str]) -> str:
+    """Hydra's (multi-line) composition errors as one line naming the override and what is allowed."""
+    text = str(error).strip()
+    unknown = re.match(r"Could not override '([^']+)'", text)
+    if unknown:
+        key = unknown.group(1)
+        given = next((a for a in argv if re.match(rf"[+~]*{re.escape(key)}=", a)), key)
+        return (f"{given} is not allowed: {key} is not a config key (the keys are listed in conf/config.yaml and "
+                "the README's configuration table)")
+    if isinstance(error, OverrideParseException):
+        return (f"{error.override} is not allowed: hydra cannot parse it ({text.splitlines()[0]}); see "
+                "https://hydra.cc/docs/advanced/override_grammar/basic/")
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def main() -> None:
     """Console entry point."""
-    hydra_main()
+    user_wants_full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # hydra then raises its errors instead of printing them and exiting 1
+    try:
+        hydra_main()
+    except (HydraException, OmegaConfBaseException) as error:
+        if user_wants_full_error:
+            raise
+        print(f"dqt: {_one_line(error, sys.argv[1:])}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
 
 
 if __name__ == "__main__":

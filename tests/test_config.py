@@ -1,74 +1,103 @@
 """Tests of dqt.config: bad values through the real entry point, and `validate` on hydra-composed configs.
 
-The entry-point table runs `python -m dqt.train` (what `dqt-train` calls) in a subprocess per row: each
-one imports torch and MetaWorld (a few seconds), so the table stays at about twenty rows.
+The entry-point table runs `python -m dqt.train` (what `dqt-train` calls) in a subprocess per row. A
+refusal happens before torch is imported, so a row takes about half a second (a MetaWorld task: one).
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 from hydra import compose, initialize_config_dir
 
+from conftest import ROOT, run_train
 from dqt.config import ConfigError, validate
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = str(ROOT / "conf")
 TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT")
 
-# (overrides, how the one-line message starts after "dqt: ")
+# (overrides, how the one-line message starts after "dqt: "): each names the key and the value
 BAD = [
+    # out of range
     (["num_agents=0"], "num_agents=0 is not allowed"),
-    (["num_agents=abc"], "num_agents='abc' is not allowed"),
     (["train_steps=0"], "train_steps=0 is not allowed"),
+    (["seed=-1"], "seed=-1 is not allowed"),
     (["eval_episodes=0"], "eval_episodes=0 is not allowed"),
     (["demos=-1"], "demos=-1 is not allowed"),
     (["seed_steps=-1"], "seed_steps=-1 is not allowed"),
+    (["num_envs=0"], "num_envs=0 is not allowed"),
     (["bins=1"], "bins=1 is not allowed"),
+    (["bins=100000"], "bins=100000 is not allowed"),
+    (["n_step=0"], "n_step=0 is not allowed"),
     (["discount=0"], "discount=0 is not allowed"),
     (["discount=1.5"], "discount=1.5 is not allowed"),
+    (["tau=0"], "tau=0 is not allowed"),
     (["lr=-1"], "lr=-1 is not allowed"),
-    (["task=mw-nonexistent"], "task='mw-nonexistent' is not allowed"),
-    (["task=gym:Pendulum-v1", "demos=3"], "demos=3 is not allowed"),
-    (["aggregation=bogus"], "aggregation='bogus' is not allowed"),
+    (["lr_final=2"], "lr_final=2 is not allowed"),
+    (["updates_per_step=0"], "updates_per_step=0 is not allowed"),
+    (["reward_scale=0"], "reward_scale=0 is not allowed"),
+    (["explore.eps=2"], "explore.eps=2 is not allowed"),
     (["aggregation_trim=0.5"], "aggregation_trim=0.5 is not allowed"),
+    (["checkpoint_every=0"], "checkpoint_every=0 is not allowed"),
+    (["threads=0"], "threads=0 is not allowed"),
+    (["max_restarts=-1"], "max_restarts=-1 is not allowed"),
+    # wrong type
+    (["num_agents=abc"], "num_agents='abc' is not allowed"),
+    (["train_steps=1.5"], "train_steps=1.5 is not allowed"),
+    (["lr=true"], "lr=true is not allowed"),
+    (["model.dueling=maybe"], "model.dueling='maybe' is not allowed"),
+    (["wandb.project=''"], "wandb.project='' is not allowed"),
+    # unknown enum value or task
+    (["aggregation=bogus"], "aggregation='bogus' is not allowed"),
     (["faults.kind=bogus"], "faults.kind='bogus' is not allowed"),
-    (["faults.agents=[5]", "num_agents=2"], "faults.agents=[5] is not allowed"),
     (["wandb.mode=bogus"], "wandb.mode='bogus' is not allowed"),
     (["explore.kind=bogus"], "explore.kind='bogus' is not allowed"),
+    (["lr_schedule=cosine"], "lr_schedule='cosine' is not allowed"),
+    (["device=tpu"], "device='tpu' is not allowed"),
+    (["task=mw-nonexistent"], "task='mw-nonexistent' is not allowed"),
+    (["task=door-unlock"], "task='door-unlock' is not allowed"),
+    (["task=gym:NoSuchEnv-v0"], "task='gym:NoSuchEnv-v0' is not allowed"),
+    # unknown key (hydra's own error, and keys added with +), unparsable or unresolvable value
+    (["foo=1"], "foo=1 is not allowed"),
+    (["+foo=1"], "foo=1 is not allowed"),
+    (["model.foo=2"], "model.foo=2 is not allowed"),
+    (["lr=[1"], "lr=[1 is not allowed"),
+    (["lr=${oops}"], "lr=${oops} is not allowed"),
+    # incompatible combinations
+    (["faults.agents=[1]"], "faults.agents=[1] is not allowed"),  # num_agents=1: rank 1 does not exist
+    (["num_agents=2", "faults.agents=[0,1]"], "faults.agents=[0, 1] is not allowed with num_agents=2"),
+    (["demos=3"], "demos=3 is not allowed for task='gym:toy_env:Combo-v0'"),  # no scripted expert
     (["model.dim=128", "model.heads=3"], "model.heads=3 is not allowed"),
-    (["resume=true"], "resume=true is not allowed"),  # the run directory is empty: no checkpoints
+    (["train_steps=100", "seed_steps=200"], "seed_steps=200 is not allowed"),
+    (["batch_size=512", "replay_size=256"], "batch_size=512 is not allowed with replay_size=256"),
+    (["batch_size=16", "replay_size=50", "episode_length=100"], "replay_size=50 is not allowed with episode_length=100"),
+    (["discount=1", "reward_scale=auto"], "discount=1 is not allowed with reward_scale=auto"),
+    (["task=mw-door-unlock", "action_repeat=2", "episode_length=300"], "episode_length=300 is not allowed"),
+    (["resume=true"], "resume=true is not allowed"),  # nothing to resume: the run directory does not exist
 ]
 
-
-# Put first so that a row's own override wins (hydra applies overrides in order). Besides keeping wandb
-# off, they shrink the run so that a bad value dqt wrongly accepts ends in a short run, not a long one.
-GUARDS = ["wandb.mode=disabled", "num_agents=1", "train_steps=1", "seed_steps=0", "demos=0", "eval_episodes=1"]
-
-
-def _run_train(overrides: list[str], run_dir: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
-    command = [sys.executable, "-m", "dqt.train", f"hydra.run.dir={run_dir}", *GUARDS, *overrides]
-    return subprocess.run(command, cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=120)
+# Put first so that a row's own override wins (hydra applies overrides in order). They shrink the run so
+# that a bad value dqt wrongly accepted would end in a short run, not a long one.
+GUARDS = ["wandb.mode=disabled", "task=gym:toy_env:Combo-v0", "num_agents=1", "train_steps=4", "seed_steps=0",
+          "demos=0", "eval_episodes=1", "num_envs=1", "episode_length=1", "action_repeat=1", "threads=1",
+          "progress=false"]
 
 
 @pytest.mark.parametrize("overrides, message", BAD, ids=[" ".join(o) for o, _ in BAD])
-def test_bad_value_is_one_line_naming_the_key(overrides, message, tmp_path):
+def test_bad_value_is_refused_in_one_line_before_anything_is_written(overrides, message, tmp_path):
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    result = _run_train(overrides, run_dir)
+    result = run_train(f"hydra.run.dir={run_dir}", *GUARDS, *overrides, timeout=120,
+                       env={var: None for var in TORCHRUN_VARS})
     assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines, "nothing on stderr"
-    assert lines[-1].startswith(f"dqt: {message}"), result.stderr
-    assert sum(line.startswith("dqt:") for line in lines) == 1, result.stderr
+    assert len(lines) == 1, result.stderr  # one line, so no traceback either
+    assert lines[0].startswith(f"dqt: {message}"), result.stderr
     if overrides == ["task=mw-nonexistent"]:
-        assert "door-unlock" in lines[-1]
-    assert not (run_dir / "checkpoints").exists()
+        assert "door-unlock" in lines[0]  # what is allowed
+    assert not run_dir.exists()  # nothing written, not even hydra's .hydra/
+
+
+def test_the_table_covers_thirty_distinct_refusals():
+    assert len({m.split(" is not allowed")[0] for _, m in BAD}) >= 30
 
 
 # --------------------------------------------------------------------------------------------------
