@@ -7,6 +7,7 @@ import torch
 
 from dqt.algorithm import from_bins, to_bins
 from dqt.envs import Task
+from dqt.errors import RunError
 from dqt.model import greedy_bins
 from dqt.replay import EpisodeReplay
 
@@ -26,12 +27,24 @@ class Collector:
 
     Episodes in progress live in per-env slots of preallocated tensors written once per step for all
     envs together; only finished episodes cost per-env work.
+
+    Every step's rewards and observations are checked before they are kept. A NaN or Inf stops the run
+    with a RunError naming the env and step (`bad_data="error"`), or taints that sub-env's episode, which
+    is then dropped whole and counted in `dropped_steps` (`bad_data="drop"`): non-finite data never
+    enters replay.
     """
 
-    def __init__(self, envs, replay: EpisodeReplay, n_bins: int, reward_scale: float, episode_length: int):
+    def __init__(self, envs, replay: EpisodeReplay, n_bins: int, reward_scale: float, episode_length: int,
+                 name: str = "env", bad_data: str = "error"):
         self.envs, self.replay, self.n_bins, self.reward_scale = envs, replay, n_bins, reward_scale
+        self.name, self.bad_data = name, bad_data  # name says which task and agent, in error messages
         self.num_envs = n = envs.num_envs
-        self.obs = torch.as_tensor(envs.reset()[0], dtype=torch.float32)
+        self.steps = 0  # vector steps since this collector was built (demos included)
+        self.dropped_steps = 0  # transitions of episodes dropped for non-finite data
+        first_obs = envs.reset()[0]
+        self.tainted = ~np.isfinite(first_obs).all(axis=1)  # per env: drop the episode in progress
+        self._bad_data(self.tainted, np.zeros(n))
+        self.obs = torch.as_tensor(np.nan_to_num(first_obs), dtype=torch.float32)
         self.ep_obs = torch.zeros(n, episode_length + 1, self.obs.shape[1])
         self.ep_bins = torch.zeros(n, episode_length, replay.bins.shape[1], dtype=torch.long)
         self.ep_rewards = torch.zeros(n, episode_length, dtype=torch.float64)
@@ -44,24 +57,46 @@ class Collector:
         """Execute the bin centres of `bins` [num_envs, d] in every sub-env."""
         actions = from_bins(bins, self.n_bins).numpy()
         next_obs, rewards, terminated, truncated, info = self.envs.step(actions)
+        self.steps += 1
+        done = np.logical_or(terminated, truncated)
+        next_ok = np.isfinite(next_obs).all(axis=1)  # for a finished episode: the next one's first obs
+        step_ok = np.isfinite(rewards) & (next_ok | done)
+        for i in np.flatnonzero(done):
+            step_ok[i] &= bool(np.isfinite(np.asarray(info["final_obs"][i], dtype=np.float64)).all())
+        if not (step_ok.all() and next_ok.all()):
+            self._bad_data(~(step_ok & next_ok), rewards)
+            self.tainted |= ~step_ok
+            next_obs = np.nan_to_num(next_obs)  # what the policy acts on; tainted episodes are not stored
         t = self.ep_length
         self.ep_obs[self.rows, t] = self.obs
         self.ep_bins[self.rows, t] = bins
         self.ep_rewards[self.rows, t] = torch.as_tensor(rewards, dtype=torch.float64)
         self.ep_length += 1
         self.ep_success = np.maximum(self.ep_success, _masked(info, "success", self.num_envs))
-        done = np.logical_or(terminated, truncated)
         if done.any():
             final_success = _masked(info["final_info"], "success", self.num_envs)
             for i in np.flatnonzero(done):
                 length = int(self.ep_length[i])
-                self.ep_obs[i, length] = torch.as_tensor(np.asarray(info["final_obs"][i]), dtype=torch.float32)
-                raw = self.ep_rewards[i, :length]
-                self.replay.add_episode(self.ep_obs[i, : length + 1], self.ep_bins[i, :length],
-                                        (raw * self.reward_scale).float(), bool(terminated[i]))
-                self.finished.append((float(raw.sum()), max(self.ep_success[i], float(final_success[i]))))
-                self.ep_length[i], self.ep_success[i] = 0, 0.0
+                if self.tainted[i]:
+                    self.dropped_steps += length
+                else:
+                    self.ep_obs[i, length] = torch.as_tensor(np.asarray(info["final_obs"][i]), dtype=torch.float32)
+                    raw = self.ep_rewards[i, :length]
+                    self.replay.add_episode(self.ep_obs[i, : length + 1], self.ep_bins[i, :length],
+                                            (raw * self.reward_scale).float(), bool(terminated[i]))
+                    self.finished.append((float(raw.sum()), max(self.ep_success[i], float(final_success[i]))))
+                self.ep_length[i], self.ep_success[i], self.tainted[i] = 0, 0.0, not next_ok[i]
         self.obs = torch.as_tensor(next_obs, dtype=torch.float32)
+
+    def _bad_data(self, bad: np.ndarray, rewards: np.ndarray) -> None:
+        """With bad_data=error, stop at the first env flagged in `bad`, naming it and the step."""
+        if self.bad_data != "error" or not bad.any():
+            return
+        i = int(np.flatnonzero(bad)[0])
+        what = f"reward={rewards[i]}" if not np.isfinite(rewards[i]) else "a non-finite observation"
+        raise RunError(f"{self.name}, sub-env {i} returned {what} at its step {self.steps}; non-finite data never "
+                       "enters replay, so the run stops (bad_data=drop drops such episodes and counts them in "
+                       "train/dropped_steps)")
 
     def drain(self) -> list[tuple[float, float]]:
         """Finished episodes' (raw return, success) since the last call."""

@@ -20,6 +20,7 @@ EXPLORE_KINDS = ("gaussian", "eps")
 LR_SCHEDULES = ("constant", "linear")
 WANDB_MODES = ("offline", "online", "disabled")
 DEVICES = ("auto", "cpu", "cuda")
+BAD_DATA = ("error", "drop")
 
 
 def _is_int(v: Any) -> bool:
@@ -133,6 +134,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "device": _choice(*DEVICES),
     "threads": _int(1, nullable=True),
     "max_restarts": _int(0),
+    "bad_data": _choice(*BAD_DATA),
     "wandb.mode": _choice(*WANDB_MODES),
     "wandb.project": ((lambda v: isinstance(v, str) and v != ""), "a non-empty string"),
     "wandb.group": _str_or_null(),

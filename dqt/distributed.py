@@ -101,15 +101,19 @@ def one_line_errors(ctx: Context) -> Iterator[None]:
 
 
 class _QuietReportedFailures(logging.Filter):
-    """Drops the elastic launcher's traceback for agents that exited with a one-line reason of their own."""
+    """Drops the launcher's traceback for an agent that exited with a one-line reason of its own, and the
+    notes on stopping the other agents after it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Terminating process"):
+            return False
         reported = str(record.msg).startswith("failed (exitcode") and record.args
         return not (reported and record.args[0] in (EXIT_RUN, EXIT_PEER_LOST))
 
 
 def launch(num_agents: int, entrypoint: Callable[..., Any], args: tuple, max_restarts: int = 0) -> None:
     """Run `entrypoint(*args)` in `num_agents` local processes via torch.distributed's elastic launcher."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     # Elastic restarts with gloo fail in connectFullMesh when the rendezvous TCP store is shared.
@@ -126,11 +130,11 @@ def launch(num_agents: int, entrypoint: Callable[..., Any], args: tuple, max_res
         monitor_interval=0.2,
         start_method="spawn",
     )
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-
     quiet = _QuietReportedFailures()
-    elastic_log = logging.getLogger("torch.distributed.elastic.multiprocessing.api")
-    elastic_log.addFilter(quiet)
+    logs = [logging.getLogger(name) for name in ("torch.distributed.elastic.multiprocessing.api",
+                                                 "torch.multiprocessing.spawn")]
+    for log in logs:
+        log.addFilter(quiet)
     try:
         elastic_launch(config, entrypoint)(*args)
     except ChildFailedError as error:
@@ -138,4 +142,5 @@ def launch(num_agents: int, entrypoint: Callable[..., Any], args: tuple, max_res
             raise SystemExit(EXIT_RUN) from None  # the agent that stopped has said why, in one line
         raise
     finally:
-        elastic_log.removeFilter(quiet)
+        for log in logs:
+            log.removeFilter(quiet)

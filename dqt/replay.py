@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from dqt.algorithm import nstep_returns
+from dqt.errors import RunError
 
 
 class EpisodeReplay:
@@ -43,6 +44,9 @@ class EpisodeReplay:
         rows = T + 1
         if rows > self.capacity:
             raise ValueError(f"an episode of {T} steps does not fit a replay of {self.capacity} rows")
+        if not (torch.isfinite(obs).all() and torch.isfinite(rewards).all()):  # the collector checks raw data;
+            raise RunError("replay refused an episode with a non-finite observation or scaled reward "  # this, scaling
+                           "(is reward_scale too large?)")
         if self.cursor + rows > self.capacity:  # keep episodes contiguous: wrap, dropping the tail rows
             self.sampleable[self.cursor:] = False
             self.cursor = 0

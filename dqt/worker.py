@@ -71,7 +71,7 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
     learner = Learner(ddp, model, cfg, total_updates)
     collector = Collector(envs, replay, cfg["bins"],
                           reward_scale(cfg["reward_scale"], cfg["discount"], task.max_reward_per_step),
-                          cfg["episode_length"])
+                          cfg["episode_length"], f"task={cfg['task']}, agent {rank}", cfg["bad_data"])
 
     counters = {"env_steps": 0, "update_debt": 0.0, "learning": False, "pretrained": False, "time_s": 0.0,
                 "next_eval": cfg["eval_every"], "next_log": cfg["log_every"], "next_checkpoint": cfg["checkpoint_every"]}
@@ -80,6 +80,7 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
         learner.load_state_dict(state["learner"])
         replay.load_state_dict(state["replay"])
         counters.update(state["counters"])
+        collector.dropped_steps = state.get("dropped_steps", 0)
         checkpoint.set_rng_state(state["rng"])
         generator.set_state(state["generator"])
     elif cfg["demos"] > 0:
@@ -88,7 +89,8 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
     def save_checkpoint() -> None:
         checkpoint.save({"learner": learner.state_dict(), "replay": replay.state_dict(), "counters": counters,
                          "rng": checkpoint.rng_state(), "generator": generator.get_state(),
-                         "num_agents": agents}, run_dir, counters["env_steps"], rank, agents)
+                         "num_agents": agents, "dropped_steps": collector.dropped_steps},
+                        run_dir, counters["env_steps"], rank, agents)
 
     logger = Logger(run_dir, cfg, ctx.is_main, cfg["train_steps"], counters["env_steps"])
     window = {"start": time.perf_counter(), "steps": counters["env_steps"], "updates": learner.updates}
@@ -144,7 +146,8 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
             counters["next_eval"] += cfg["eval_every"]
         if counters["env_steps"] >= counters["next_log"] or done:
             logger.log({**base, "time_s": round(counters["time_s"], 2),
-                        **train_row(sums, collector.drain(), learner, agents, window, counters["env_steps"])})
+                        **train_row(sums, collector.drain(), learner, agents, window, counters["env_steps"],
+                                   collector.dropped_steps)})
             sums.zero_()
             window = {"start": time.perf_counter(), "steps": counters["env_steps"], "updates": learner.updates}
             counters["next_log"] += cfg["log_every"]
@@ -169,10 +172,10 @@ def all_agents(flag: bool) -> bool:
 
 
 def train_row(sums: torch.Tensor, episodes: list[tuple[float, float]], learner: Learner, agents: int,
-              window: dict, env_steps: int) -> dict:
+              window: dict, env_steps: int, dropped_steps: int = 0) -> dict:
     """Training metrics of the last window: losses averaged over agents, episode stats per agent too."""
     ep = torch.tensor([sum(r for r, _ in episodes), sum(s for _, s in episodes), len(episodes)], dtype=torch.float64)
-    mine = torch.cat([sums, ep])
+    mine = torch.cat([sums, torch.tensor([dropped_steps], dtype=torch.float64), ep])
     gathered = [torch.zeros_like(mine) for _ in range(agents)]
     dist.all_gather(gathered, mine)
     table = torch.stack(gathered)  # [agents, keys]
@@ -185,6 +188,7 @@ def train_row(sums: torch.Tensor, episodes: list[tuple[float, float]], learner: 
     row["train/env_steps_per_s"] = (env_steps - window["steps"]) / elapsed
     row["train/updates_per_s"] = (learner.updates - window["updates"]) / elapsed
     row["train/skipped_steps"] = learner.skipped_steps
+    row["train/dropped_steps"] = int(table[:, len(TRAIN_KEYS) + 1].sum().item())  # all agents, whole run
     row["train/lr"] = learner.optimizer.param_groups[0]["lr"]
     ep_return, ep_success, ep_count = table[:, -3], table[:, -2], table[:, -1]
     if ep_count.sum() > 0:

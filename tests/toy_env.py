@@ -36,3 +36,32 @@ class Combo(gym.Env):
 
 
 gym.register("Combo-v0", entry_point=Combo)
+
+
+class BadCombo(Combo):
+    """Combo whose env seeded `bad_seed` returns a NaN reward (or an Inf observation) at its step `bad_step`:
+    with env_seed(seed=1, rank, index, num_envs=4) = 1000000 + 4 * rank + index, 1000002 is agent 0's sub-env 2
+    and 1000006 agent 1's."""
+
+    def __init__(self, bad_seed: int = 1_000_002, bad_step: int = 5, bad: str = "reward"):
+        super().__init__()
+        self.bad_seed, self.bad_step, self.bad, self.seed, self.steps = bad_seed, bad_step, bad, None, 0
+
+    def reset(self, *, seed=None, options=None):
+        self.seed = seed if seed is not None else self.seed
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        self.steps += 1
+        if self.seed == self.bad_seed and self.steps == self.bad_step:
+            if self.bad == "reward":
+                reward = float("nan")
+            else:
+                obs = np.full_like(obs, np.inf)
+        return obs, reward, terminated, truncated, info
+
+
+gym.register("NaNReward-v0", entry_point=BadCombo)
+gym.register("NaNRewardAgent1-v0", entry_point=BadCombo, kwargs={"bad_seed": 1_000_006})
+gym.register("InfObs-v0", entry_point=BadCombo, kwargs={"bad": "obs"})

@@ -1,0 +1,111 @@
+"""Bad data from an env (NaN/Inf reward or observation): caught before replay, named in one line, or dropped."""
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import toy_env  # noqa: F401  (registers the envs)
+from conftest import newest_checkpoint, run_train
+from dqt.collector import Collector
+from dqt.errors import RunError
+from dqt.replay import EpisodeReplay
+
+
+class Walk(gym.Env):
+    """Episodes of `length` steps (time limit); at its step `bad_step` the env returns a NaN reward or an
+    Inf observation."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def __init__(self, bad_step: int | None, bad: str):
+        self.bad_step, self.bad, self.steps = bad_step, bad, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.steps += 1
+        obs, reward = np.full(2, self.steps, np.float32), 1.0
+        if self.steps == self.bad_step:
+            if self.bad == "reward":
+                reward = float("nan")
+            else:
+                obs[1] = np.inf
+        return obs, reward, False, False, {}
+
+
+def _collector(bad_data: str, bad: str, bad_env: int = 1, bad_step: int = 5, length: int = 3):
+    envs = gym.vector.SyncVectorEnv(
+        [lambda i=i: gym.wrappers.TimeLimit(Walk(bad_step if i == bad_env else None, bad), length) for i in range(3)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    replay = EpisodeReplay(100, 2, 1, 4, n_step=1, discount=0.9)
+    return Collector(envs, replay, 4, 1.0, length, "task=walk, agent 0", bad_data), replay
+
+
+@pytest.mark.parametrize("bad, what", [("reward", "reward=nan"), ("obs", "a non-finite observation")])
+def test_bad_data_error_names_the_env_and_step_before_anything_reaches_replay(bad, what):
+    collector, replay = _collector("error", bad)
+    bins = torch.zeros(3, 1, dtype=torch.long)
+    for _ in range(4):
+        collector.step(bins)
+    with pytest.raises(RunError) as error:
+        collector.step(bins)
+    assert str(error.value).startswith(f"task=walk, agent 0, sub-env 1 returned {what} at its step 5;")
+    assert "\n" not in str(error.value)
+    assert replay.transitions_added == 9  # the first episode of each env (3 steps), nothing after
+    assert torch.isfinite(replay.obs).all() and torch.isfinite(replay.nstep_return).all()
+
+
+@pytest.mark.parametrize("bad", ["reward", "obs"])
+def test_bad_data_drop_drops_the_whole_episode_and_counts_its_steps(bad):
+    collector, replay = _collector("drop", bad)
+    bins = torch.zeros(3, 1, dtype=torch.long)
+    for _ in range(9):  # three episodes per env; env 1's second episode (steps 4-6) holds the bad step 5
+        collector.step(bins)
+    assert collector.dropped_steps == 3
+    assert replay.transitions_added == 27 - 3
+    assert len(collector.drain()) == 9 - 1
+    assert torch.isfinite(replay.obs).all() and torch.isfinite(replay.nstep_return).all()
+    assert torch.isfinite(collector.obs).all()  # what the policy acts on
+
+
+def test_replay_refuses_a_non_finite_episode():
+    replay = EpisodeReplay(100, 2, 1, 4, n_step=1, discount=0.9)
+    with pytest.raises(RunError, match="non-finite"):
+        replay.add_episode(torch.zeros(3, 2), torch.zeros(2, 1, dtype=torch.long), torch.tensor([1.0, float("inf")]),
+                           False)
+    assert replay.transitions_added == 0
+
+
+TOY = ("demos=0", "episode_length=1", "action_repeat=1", "bins=8", "num_envs=4", "seed_steps=40", "batch_size=16",
+       "replay_size=1000", "model.dim=16", "model.depth=1", "model.heads=2", "pretrain_updates=10", "eval_every=100",
+       "eval_episodes=8", "log_every=100", "checkpoint_every=100", "threads=1", "progress=false", "wandb.mode=disabled",
+       "train_steps=100")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("agents, task, agent", [(1, "NaNReward-v0", 0), (2, "NaNRewardAgent1-v0", 1)])
+def test_a_nan_reward_stops_the_run_with_one_line_naming_the_env(tmp_path, agents, task, agent):
+    result = run_train(*TOY, f"num_agents={agents}", f"task=gym:toy_env:{task}", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 3, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr  # no traceback, from this agent or the others
+    assert lines[0].startswith(f"dqt: task=gym:toy_env:{task}, agent {agent}, sub-env 2 returned reward=nan at its "
+                               "step 5;"), lines[0]
+
+
+@pytest.mark.slow
+def test_bad_data_drop_finishes_the_run_and_counts_the_dropped_step(tmp_path):
+    result = run_train(*TOY, "num_agents=1", "task=gym:toy_env:InfObs-v0", "bad_data=drop", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["train/dropped_steps"] == 1  # a one-step episode
+    state = newest_checkpoint(tmp_path, 0)
+    assert state["replay"]["transitions_added"] == 99
+    assert all(torch.isfinite(w).all() for w in state["learner"]["model"].values())
