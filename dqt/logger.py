@@ -4,7 +4,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import sys
+import threading
+import urllib.parse
 from pathlib import Path
 
 METRICS_FILE = "metrics.jsonl"
@@ -103,18 +106,69 @@ class Logger:
                 pass
 
 
+WANDB_PROBE_TIMEOUT_S = 3.0
+
+
 def _start_wandb(cfg: dict, run_dir: Path):
-    """wandb.init in the configured mode; on failure (e.g. online without network) carry on without it."""
+    """wandb.init in the configured mode; never blocks or stops training.
+
+    Online, the wandb server is probed first (a TCP connect of at most 3 s): without it the run logs to
+    an offline wandb run at once, which `wandb sync` uploads later, instead of waiting for wandb.init to
+    time out. Any other failure leaves metrics.jsonl as the only record.
+    """
+    mode = cfg["wandb"]["mode"]
+    offline = (f"logging to an offline wandb run instead (upload it later: wandb sync {run_dir}/wandb/offline-run-*); "
+               "metrics.jsonl has every row")
     try:
         import wandb
 
         os.environ.setdefault("WANDB_SILENT", "true")
-        return wandb.init(
-            project=cfg["wandb"]["project"], group=cfg["wandb"]["group"], name=cfg["wandb"]["name"],
-            mode=cfg["wandb"]["mode"], dir=str(run_dir), config=cfg,
-            settings=wandb.Settings(init_timeout=30, console="off"),
-        )
+        if mode == "online":
+            url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+            problem = unreachable(url, WANDB_PROBE_TIMEOUT_S)
+            if problem:
+                print(f"dqt: wandb is unavailable ({url}: {problem}); {offline}", file=sys.stderr)
+                mode = "offline"
+        try:
+            return _init_wandb(wandb, cfg, run_dir, mode)
+        except Exception as error:
+            if mode != "online":
+                raise
+            print(f"dqt: wandb.init failed ({_describe(error)}); {offline}", file=sys.stderr)
+            return _init_wandb(wandb, cfg, run_dir, "offline")
     except Exception as error:
-        print(f"dqt: wandb.init failed ({type(error).__name__}: {error}); training continues, metrics.jsonl has "
-              "every row", file=sys.stderr)
+        print(f"dqt: wandb.init failed ({_describe(error)}); training continues, metrics.jsonl has every row",
+              file=sys.stderr)
         return None
+
+
+def _init_wandb(wandb, cfg: dict, run_dir: Path, mode: str):
+    # init_timeout: a server that accepts the probe's connection but does not answer still costs at most 20 s
+    return wandb.init(project=cfg["wandb"]["project"], group=cfg["wandb"]["group"], name=cfg["wandb"]["name"],
+                      mode=mode, dir=str(run_dir), config=cfg, settings=wandb.Settings(init_timeout=20, console="off"))
+
+
+def _describe(error: Exception) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+def unreachable(url: str, timeout: float) -> str | None:
+    """Why a TCP connection to `url`'s host and port fails within `timeout` seconds (name lookup included),
+    or None when it succeeds."""
+    parts = urllib.parse.urlsplit(url)
+    address = (parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+    outcome: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection(address, timeout=timeout).close()
+            outcome.append(None)
+        except OSError as error:
+            outcome.append(error.strerror or str(error) or type(error).__name__)
+
+    # in a thread: a name lookup has no timeout of its own
+    probe = threading.Thread(target=connect, daemon=True)
+    probe.start()
+    probe.join(timeout)
+    return outcome[0] if outcome else f"no connection within {timeout:g} s"
