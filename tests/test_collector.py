@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-import toy_env  # noqa: F401  (registers the envs)
 from conftest import newest_checkpoint, run_train
 from dqt.collector import Collector
 from dqt.errors import RunError
