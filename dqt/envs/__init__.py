@@ -14,7 +14,7 @@ import gymnasium as gym
 import numpy as np
 
 from dqt.config import ConfigError
-from dqt.envs.wrappers import ActionRepeat
+from dqt.envs.wrappers import ActionRepeat, RewardNoise
 
 MW_PREFIX, GYM_PREFIX = "mw-", "gym:"
 # Scripted experts whose class name does not follow Sawyer<TaskInCamelCase>V3Policy.
@@ -67,10 +67,16 @@ class Task:
     has_success: bool = False
     expert: Callable[[], Callable[[np.ndarray], np.ndarray]] | None = None
 
-    def make_vector_env(self, seeds: list[int], goals_seed: int | None = None) -> gym.vector.SyncVectorEnv:
+    def make_vector_env(self, seeds: list[int], goals_seed: int | None = None,
+                        noise: dict | None = None) -> gym.vector.SyncVectorEnv:
         """One sub-env per seed, all drawing goals from one goal set (MetaWorld); finished sub-envs reset in
-        the same step (final obs in info)."""
-        return gym.vector.SyncVectorEnv([lambda s=s: self.build(s, goals_seed) for s in seeds],
+        the same step (final obs in info). `noise` (RewardNoise's mean, std, reads, reduce) wraps every
+        sub-env outside action repeat, so noise is drawn once per agent step, from the sub-env's seed."""
+        def build(seed: int) -> gym.Env:
+            env = self.build(seed, goals_seed)
+            return RewardNoise(env, **noise, seed=seed) if noise else env
+
+        return gym.vector.SyncVectorEnv([lambda s=s: build(s) for s in seeds],
                                         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
 
     def set_goal(self, env: gym.Env, goal: int) -> None:
