@@ -37,36 +37,46 @@ class Collector:
         self.ep_rewards = torch.zeros(n, episode_length, dtype=torch.float64)
         self.ep_length = torch.zeros(n, dtype=torch.long)
         self.ep_success = np.zeros(n)
+        self.ep_clean_return = np.zeros(n)  # what the env paid, before RewardNoise
         self.rows = torch.arange(n)
-        self.finished: list[tuple[float, float]] = []  # (raw return, success) since the last drain
+        self.finished: list[tuple[float, float]] = []  # (clean raw return, success) since the last drain
+        # per agent step since the last drain: stored (noisy) reward sum, sum of squares, clean sum, sum of
+        # squares, count; sums rather than means so that train_row can pool agents exactly
+        self.reward_sums = np.zeros(5)
 
     def step(self, bins: torch.Tensor) -> None:
         """Execute the bin centres of `bins` [num_envs, d] in every sub-env."""
         actions = from_bins(bins, self.n_bins).numpy()
         next_obs, rewards, terminated, truncated, info = self.envs.step(actions)
+        done = np.logical_or(terminated, truncated)
+        rewards = np.asarray(rewards, dtype=np.float64)
+        clean = _clean_rewards(info, rewards, done)
+        self.reward_sums += (rewards.sum(), rewards @ rewards, clean.sum(), clean @ clean, len(rewards))
+        self.ep_clean_return += clean
         t = self.ep_length
         self.ep_obs[self.rows, t] = self.obs
         self.ep_bins[self.rows, t] = bins
-        self.ep_rewards[self.rows, t] = torch.as_tensor(rewards, dtype=torch.float64)
+        self.ep_rewards[self.rows, t] = torch.from_numpy(rewards)
         self.ep_length += 1
         self.ep_success = np.maximum(self.ep_success, _masked(info, "success", self.num_envs))
-        done = np.logical_or(terminated, truncated)
         if done.any():
             final_success = _masked(info["final_info"], "success", self.num_envs)
             for i in np.flatnonzero(done):
                 length = int(self.ep_length[i])
                 self.ep_obs[i, length] = torch.as_tensor(np.asarray(info["final_obs"][i]), dtype=torch.float32)
-                raw = self.ep_rewards[i, :length]
+                stored = self.ep_rewards[i, :length]
                 self.replay.add_episode(self.ep_obs[i, : length + 1], self.ep_bins[i, :length],
-                                        (raw * self.reward_scale).float(), bool(terminated[i]))
-                self.finished.append((float(raw.sum()), max(self.ep_success[i], float(final_success[i]))))
-                self.ep_length[i], self.ep_success[i] = 0, 0.0
+                                        (stored * self.reward_scale).float(), bool(terminated[i]))
+                success = max(self.ep_success[i], float(final_success[i]))
+                self.finished.append((float(self.ep_clean_return[i]), success))
+                self.ep_length[i], self.ep_success[i], self.ep_clean_return[i] = 0, 0.0, 0.0
         self.obs = torch.as_tensor(next_obs, dtype=torch.float32)
 
-    def drain(self) -> list[tuple[float, float]]:
-        """Finished episodes' (raw return, success) since the last call."""
-        out, self.finished = self.finished, []
-        return out
+    def drain(self) -> tuple[list[tuple[float, float]], torch.Tensor]:
+        """Since the last call: finished episodes' (clean raw return, success), and `reward_sums`."""
+        out, sums = self.finished, torch.from_numpy(self.reward_sums)
+        self.finished, self.reward_sums = [], np.zeros(5)
+        return out, sums
 
 
 def _masked(info: dict, key: str, n: int) -> np.ndarray:
@@ -74,6 +84,16 @@ def _masked(info: dict, key: str, n: int) -> np.ndarray:
     if key not in info:
         return np.zeros(n)
     return np.where(info.get(f"_{key}", np.ones(n, dtype=bool)), info[key], 0.0).astype(np.float64)
+
+
+def _clean_rewards(info: dict, rewards: np.ndarray, done: np.ndarray) -> np.ndarray:
+    """Rewards before RewardNoise (a finished sub-env reports it in final_info); `rewards` where not wrapped."""
+    clean = rewards.copy()
+    for source, rows in ((info, ~done), (info.get("final_info", {}), done)):
+        if "clean_reward" in source:
+            has = source["_clean_reward"] & rows
+            clean[has] = source["clean_reward"][has]
+    return clean
 
 
 def collect_demos(collector: Collector, expert_factory, episodes: int, noise: float, seed: int) -> None:

@@ -14,6 +14,7 @@ AGGREGATIONS = ("mean", "median", "trimmed_mean")
 FAULT_KINDS = ("scale", "noise", "sign_flip", "nan")
 EXPLORE_KINDS = ("gaussian", "eps")
 LR_SCHEDULES = ("constant", "linear")
+NOISE_REDUCES = ("median", "mean")
 WANDB_MODES = ("offline", "online", "disabled")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -83,6 +84,11 @@ def _rank_list():
     return ok, "a list of distinct ranks (integers >= 0)"
 
 
+def _all_or_rank_list():
+    ranks, allowed = _rank_list()
+    return (lambda v: v == "all" or ranks(v)), "all or " + allowed
+
+
 # key -> (check, what is allowed). Order is the order of the README table.
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "task": ((lambda v: isinstance(v, str) and v != ""), "mw-<metaworld task> or gym:<env id>"),
@@ -92,6 +98,11 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "reward_scale": _reward_scale(),
     "num_agents": _int(1, nullable=True),
     "seed": _int(0),
+    "noise.mean": _float(),
+    "noise.std": _float(0),
+    "noise.agents": _all_or_rank_list(),
+    "noise.reads": _int(1),
+    "noise.reduce": _choice(*NOISE_REDUCES),
     "train_steps": _int(1),
     "seed_steps": _int(0),
     "demos": _int(0),
@@ -164,7 +175,7 @@ def validate(cfg: DictConfig, world_size: int | None = None) -> dict:
             if not isinstance(value, dict) or part not in value:
                 raise ConfigError(f"config key {key} is missing (expected {allowed})")
             value = value[part]
-        if isinstance(value, (list, tuple)) and key != "faults.agents":
+        if isinstance(value, (list, tuple)) and key not in ("faults.agents", "noise.agents"):
             raise ConfigError(f"{key}={_show(value)} is not allowed: expected {allowed}")
         if not ok(value):
             raise ConfigError(f"{key}={_show(value)} is not allowed: expected {allowed}")
@@ -183,9 +194,11 @@ def validate(cfg: DictConfig, world_size: int | None = None) -> dict:
         raise ConfigError("discount=1 is not allowed with reward_scale=auto: the auto scale (1-discount)/r_max would "
                           "zero every reward; set reward_scale to a number or discount < 1")
     n = plain["num_agents"]
-    bad = [r for r in plain["faults"]["agents"] if r >= n]
-    if bad:
-        raise ConfigError(f"faults.agents={bad} is not allowed: expected ranks below num_agents={n}")
+    for key in ("faults", "noise"):
+        ranks = plain[key]["agents"]
+        bad = [r for r in ranks if r >= n] if ranks != "all" else []
+        if bad:
+            raise ConfigError(f"{key}.agents={bad} is not allowed: expected ranks below num_agents={n}")
     if plain["seed_steps"] > plain["train_steps"]:
         raise ConfigError(
             f"seed_steps={plain['seed_steps']} is not allowed: expected at most train_steps={plain['train_steps']}"

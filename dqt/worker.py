@@ -1,6 +1,7 @@
 """One agent's process: set-up, then one loop read top to bottom — act, learn, evaluate, log, checkpoint."""
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import sys
@@ -52,8 +53,10 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
     generator = torch.Generator().manual_seed(cfg["seed"] * 1000 + rank)
 
     task = make_task(cfg["task"], cfg["action_repeat"], cfg["episode_length"])
+    noise = {k: v for k, v in cfg["noise"].items() if k != "agents"}
+    noisy = cfg["noise"]["agents"] == "all" or rank in cfg["noise"]["agents"]
     envs = task.make_vector_env([env_seed(cfg["seed"], rank, i, num_envs) for i in range(num_envs)],
-                                goals_seed(cfg["seed"], rank))
+                                goals_seed(cfg["seed"], rank), noise if noisy else None)
     eval_envs = [task.build(eval_seed(cfg["seed"]), eval_seed(cfg["seed"]))
                  for _ in range(min(num_envs, -(-cfg["eval_episodes"] // agents)))]
     model = QTransformer(task.obs_dim, task.action_dim, cfg["bins"], **cfg["model"]).to(device)
@@ -144,7 +147,7 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
             counters["next_eval"] += cfg["eval_every"]
         if counters["env_steps"] >= counters["next_log"] or done:
             logger.log({**base, "time_s": round(counters["time_s"], 2),
-                        **train_row(sums, collector.drain(), learner, agents, window, counters["env_steps"])})
+                        **train_row(sums, *collector.drain(), learner, agents, window, counters["env_steps"])})
             sums.zero_()
             window = {"start": time.perf_counter(), "steps": counters["env_steps"], "updates": learner.updates}
             counters["next_log"] += cfg["log_every"]
@@ -166,11 +169,12 @@ def all_agents(flag: bool) -> bool:
     return bool(value.item())
 
 
-def train_row(sums: torch.Tensor, episodes: list[tuple[float, float]], learner: Learner, agents: int,
-              window: dict, env_steps: int) -> dict:
-    """Training metrics of the last window: losses averaged over agents, episode stats per agent too."""
+def train_row(sums: torch.Tensor, episodes: list[tuple[float, float]], rewards: torch.Tensor, learner: Learner,
+              agents: int, window: dict, env_steps: int) -> dict:
+    """Training metrics of the last window: losses averaged over agents, per-step rewards pooled over agents,
+    episode stats per agent too. `rewards` are the collector's reward sums (see Collector.reward_sums)."""
     ep = torch.tensor([sum(r for r, _ in episodes), sum(s for _, s in episodes), len(episodes)], dtype=torch.float64)
-    mine = torch.cat([sums, ep])
+    mine = torch.cat([sums, rewards, ep])
     gathered = [torch.zeros_like(mine) for _ in range(agents)]
     dist.all_gather(gathered, mine)
     table = torch.stack(gathered)  # [agents, keys]
@@ -184,6 +188,10 @@ def train_row(sums: torch.Tensor, episodes: list[tuple[float, float]], learner: 
     row["train/updates_per_s"] = (learner.updates - window["updates"]) / elapsed
     row["train/skipped_steps"] = learner.skipped_steps
     row["train/lr"] = learner.optimizer.param_groups[0]["lr"]
+    noisy, noisy_sq, clean, clean_sq, steps = table[:, len(TRAIN_KEYS) + 1:-3].sum(0).tolist()
+    if steps > 0:
+        row["train/reward_mean"], row["train/reward_std"] = mean_std(noisy, noisy_sq, steps)
+        row["train/clean_reward_mean"], row["train/clean_reward_std"] = mean_std(clean, clean_sq, steps)
     ep_return, ep_success, ep_count = table[:, -3], table[:, -2], table[:, -1]
     if ep_count.sum() > 0:
         row["train/episode_return"] = (ep_return.sum() / ep_count.sum()).item()
@@ -194,3 +202,9 @@ def train_row(sums: torch.Tensor, episodes: list[tuple[float, float]], learner: 
                 row[f"agent{agent}/episode_return"] = (ep_return[agent] / ep_count[agent]).item()
                 row[f"agent{agent}/success_rate"] = (ep_success[agent] / ep_count[agent]).item()
     return row
+
+
+def mean_std(total: float, total_sq: float, count: float) -> tuple[float, float]:
+    """Mean and (population) standard deviation from a sum, a sum of squares and a count."""
+    mean = total / count
+    return mean, math.sqrt(max(0.0, total_sq / count - mean * mean))  # rounding can make it a hair below 0

@@ -104,6 +104,14 @@ def test_num_agents_must_match_torchrun_world_size():
     (["train_steps=1000", "seed_steps=1001"], "seed_steps=1001 is not allowed"),
     (["faults.agents=[0,0]"], "faults.agents=[0, 0] is not allowed"),
     (["reward_scale=0"], "reward_scale=0 is not allowed"),
+    (["noise.std=-1"], "noise.std=-1 is not allowed: expected a number >= 0"),
+    (["noise.mean=nan"], "noise.mean=nan is not allowed: expected a number"),
+    (["noise.reads=0"], "noise.reads=0 is not allowed: expected an integer >= 1"),
+    (["noise.reads=1.5"], "noise.reads=1.5 is not allowed"),
+    (["noise.reduce=mode"], "noise.reduce='mode' is not allowed: expected one of median, mean"),
+    (["noise.agents=some"], "noise.agents='some' is not allowed: expected all or a list of distinct ranks"),
+    (["noise.agents=[1,1]"], "noise.agents=[1, 1] is not allowed"),
+    (["num_agents=2", "noise.agents=[2]"], "noise.agents=[2] is not allowed: expected ranks below num_agents=2"),
 ])
 def test_validate_rejects(overrides, message):
     with pytest.raises(ConfigError) as error:
@@ -122,3 +130,9 @@ def test_discount_one_with_auto_reward_scale_is_rejected():
 def test_num_agents_explicit_outside_torchrun():
     cfg = validate(_compose("num_agents=3", "faults.agents=[2]", "aggregation=median"))
     assert cfg["num_agents"] == 3 and cfg["faults"]["agents"] == [2] and cfg["aggregation"] == "median"
+
+
+def test_noise_keys_accept_their_forms():
+    cfg = validate(_compose("num_agents=2", "noise.agents=[1]", "noise.std=10", "noise.reads=5", "noise.reduce=mean"))
+    assert cfg["noise"] == {"mean": 0, "std": 10, "agents": [1], "reads": 5, "reduce": "mean"}
+    assert validate(_compose())["noise"]["agents"] == "all"
