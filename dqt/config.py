@@ -13,7 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 AGGREGATIONS = ("mean", "median", "trimmed_mean")
 FAULT_KINDS = ("scale", "noise", "sign_flip", "nan")
 EXPLORE_KINDS = ("gaussian", "eps")
-LR_SCHEDULES = ("constant", "linear")
+LR_SCHEDULES = ("constant", "linear", "log", "log_linear", "n_linear", "plateau")
+LR_SCALES = ("none", "inv_n", "log_n", "sqrt_n")
 NOISE_REDUCES = ("median", "mean")
 WANDB_MODES = ("offline", "online", "disabled")
 DEVICES = ("auto", "cpu", "cuda")
@@ -127,6 +128,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "grad_clip": _float(0),
     "lr_schedule": _choice(*LR_SCHEDULES),
     "lr_final": _float(0, 1),
+    "lr_scale": _choice(*LR_SCALES),
+    "lr_plateau.factor": _float(0, 1, lo_open=True, hi_open=True),
+    "lr_plateau.patience": _int(0),
     "explore.kind": _choice(*EXPLORE_KINDS),
     "explore.std": _float(0),
     "explore.eps": _float(0, 1),
@@ -199,6 +203,9 @@ def validate(cfg: DictConfig, world_size: int | None = None) -> dict:
         bad = [r for r in ranks if r >= n] if ranks != "all" else []
         if bad:
             raise ConfigError(f"{key}.agents={bad} is not allowed: expected ranks below num_agents={n}")
+    if plain["lr_scale"] == "log_n" and n < 2:
+        raise ConfigError(f"lr_scale='log_n' is not allowed with num_agents={n}: lr * ln N would be 0; "
+                          "log_n needs num_agents >= 2 (use none for one agent)")
     if plain["seed_steps"] > plain["train_steps"]:
         raise ConfigError(
             f"seed_steps={plain['seed_steps']} is not allowed: expected at most train_steps={plain['train_steps']}"

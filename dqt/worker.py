@@ -139,6 +139,7 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
                                   dtype=torch.float64)
             dist.all_reduce(result)
             successes, returns, count = result.tolist()
+            learner.evaluated(returns / count)  # lr_schedule=plateau: rank 0 decides, every rank follows
             row = {**base, "time_s": round(counters["time_s"], 2), "eval/return": returns / count,
                    "eval/episodes": int(count)}
             if task.has_success:

@@ -41,6 +41,7 @@ BAD = [
     (["explore.kind=bogus"], "explore.kind='bogus' is not allowed"),
     (["model.dim=128", "model.heads=3"], "model.heads=3 is not allowed"),
     (["resume=true"], "resume=true is not allowed"),  # the run directory is empty: no checkpoints
+    (["lr_scale=log_n"], "lr_scale='log_n' is not allowed with num_agents=1"),  # lr * ln 1 = 0
 ]
 
 
@@ -112,6 +113,11 @@ def test_num_agents_must_match_torchrun_world_size():
     (["noise.agents=some"], "noise.agents='some' is not allowed: expected all or a list of distinct ranks"),
     (["noise.agents=[1,1]"], "noise.agents=[1, 1] is not allowed"),
     (["num_agents=2", "noise.agents=[2]"], "noise.agents=[2] is not allowed: expected ranks below num_agents=2"),
+    (["lr_schedule=cosine"], "lr_schedule='cosine' is not allowed: expected one of constant, linear, log, log_linear"),
+    (["lr_scale=inv"], "lr_scale='inv' is not allowed: expected one of none, inv_n, log_n, sqrt_n"),
+    (["num_agents=1", "lr_scale=log_n"], "lr_scale='log_n' is not allowed with num_agents=1"),
+    (["lr_plateau.factor=1"], "lr_plateau.factor=1 is not allowed: expected a number > 0, < 1"),
+    (["lr_plateau.patience=-1"], "lr_plateau.patience=-1 is not allowed: expected an integer >= 0"),
 ])
 def test_validate_rejects(overrides, message):
     with pytest.raises(ConfigError) as error:
@@ -136,3 +142,10 @@ def test_noise_keys_accept_their_forms():
     cfg = validate(_compose("num_agents=2", "noise.agents=[1]", "noise.std=10", "noise.reads=5", "noise.reduce=mean"))
     assert cfg["noise"] == {"mean": 0, "std": 10, "agents": [1], "reads": 5, "reduce": "mean"}
     assert validate(_compose())["noise"]["agents"] == "all"
+
+
+def test_lr_keys_accept_their_forms():
+    cfg = validate(_compose("num_agents=2", "lr_schedule=plateau", "lr_scale=log_n", "lr_plateau.factor=0.1",
+                            "lr_plateau.patience=0"))
+    assert (cfg["lr_schedule"], cfg["lr_scale"], cfg["lr_plateau"]) == ("plateau", "log_n", {"factor": 0.1, "patience": 0})
+    assert validate(_compose())["lr_scale"] == "none"
