@@ -66,3 +66,38 @@ def test_progress_bar_redraws_on_request_while_steps_stand_still(tmp_path, capsy
     logger.progress(0, refresh=True, updates_left=1800)
     assert "updates_left=1800" in capsys.readouterr().err
     logger.close()
+
+
+def test_noisy_rewards_are_logged_and_plateau_follows_the_eval_returns(tmp_path):
+    # threads=1: with two threads a tiny model's updates slow down fivefold when the cores are busy
+    result = run_train(*TOY, "threads=1", "train_steps=400", "eval_every=50", "log_every=50", "noise.std=3.0",
+                       "noise.mean=0.5", "lr_schedule=plateau", "lr_plateau.patience=0", "lr_plateau.factor=0.5",
+                       "lr_final=0.1", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "train/reward_mean" in r]
+    assert len(train) == 8
+    for r in train:
+        # one-step episodes: the clean per-step rewards are the episode returns, 0 or 1
+        assert r["train/clean_reward_mean"] == pytest.approx(r["train/episode_return"], abs=1e-12)
+        assert r["train/clean_reward_std"] <= 0.5 < 2.0 < r["train/reward_std"]
+    stored = sum(r["train/reward_mean"] for r in train) / len(train)  # 400 steps of N(0.5, 9) noise
+    clean = sum(r["train/clean_reward_mean"] for r in train) / len(train)
+    assert abs(stored - clean - 0.5) < 5 * 3.0 / 20
+
+    # evaluation is clean: 8 episodes of reward 0 or 1
+    assert all(float(r["eval/return"] * 8).is_integer() for r in rows if "eval/return" in r)
+
+    # plateau, patience 0: each evaluation without a new best return halves the lr, down to 0.1 of it
+    lr, best, expected = 1.0e-3, float("-inf"), []
+    for r in rows:
+        if "eval/return" in r:
+            if r["eval/return"] > best:
+                best = r["eval/return"]
+            else:
+                lr = max(lr * 0.5, 1.0e-4)
+            expected.append(lr)
+    assert [r["train/lr"] for r in train] == pytest.approx(expected, rel=1e-12)  # logged after each evaluation
+    assert len(set(expected)) > 1
+    saved = torch.load(tmp_path / "checkpoints" / "agent0.pt", weights_only=True)
+    assert saved["learner"]["optimizer"]["param_groups"][0]["lr"] == pytest.approx(expected[-1], rel=1e-12)
