@@ -204,6 +204,6 @@ def test_no_runs_is_one_line_and_exit_code_2(tmp_path, capsys):
 def test_python_dash_m_writes_the_report_into_the_first_dir(tmp_path):
     write_cell(tmp_path / "runs", "c", [0.1, 0.3, 0.5, 0.7, 0.9])
     result = subprocess.run([sys.executable, "-m", "dqt.report", str(tmp_path / "runs")], capture_output=True,
-                            text=True, timeout=60)
+                            text=True, timeout=60, cwd=ROOT)  # cwd: this checkout's dqt, as run_train does
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "runs" / "report.md").exists() and (tmp_path / "runs" / "curves_runs.png").exists()
