@@ -16,6 +16,7 @@ EXPLORE_KINDS = ("gaussian", "eps")
 LR_SCHEDULES = ("constant", "linear")
 WANDB_MODES = ("offline", "online", "disabled")
 DEVICES = ("auto", "cpu", "cuda")
+LIST_KEYS = ("faults.agents", "wandb.tags")  # the only keys whose value is a list
 
 
 class ConfigError(ValueError):
@@ -81,6 +82,13 @@ def _reward_scale():
     return (lambda v: v == "auto" or (_is_number(v) and v > 0)), "auto or a number > 0"
 
 
+def _str_list():
+    def ok(v: Any) -> bool:
+        return isinstance(v, (list, tuple)) and all(isinstance(s, str) and s != "" for s in v)
+
+    return ok, "a list of non-empty strings"
+
+
 def _rank_list():
     def ok(v: Any) -> bool:
         return isinstance(v, (list, tuple)) and all(_is_int(r) and r >= 0 for r in v) and len(set(v)) == len(v)
@@ -143,6 +151,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "wandb.project": ((lambda v: isinstance(v, str) and v != ""), "a non-empty string"),
     "wandb.group": _str_or_null(),
     "wandb.name": _str_or_null(),
+    "wandb.tags": _str_list(),
 }
 
 
@@ -170,7 +179,7 @@ def validate(cfg: DictConfig, world_size: int | None = None) -> dict:
             if not isinstance(value, dict) or part not in value:
                 raise ConfigError(f"config key {key} is missing (expected {allowed})")
             value = value[part]
-        if isinstance(value, (list, tuple)) and key != "faults.agents":
+        if isinstance(value, (list, tuple)) and key not in LIST_KEYS:
             raise ConfigError(f"{key}={_show(value)} is not allowed: expected {allowed}")
         if not ok(value):
             raise ConfigError(f"{key}={_show(value)} is not allowed: expected {allowed}")

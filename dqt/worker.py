@@ -46,7 +46,9 @@ def shared_run_dir(own_dir: str | None, ctx: distributed.Context) -> str:
 
 def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
     """The training loop of one agent."""
-    torch.set_num_threads(cfg["threads"] or max(1, (os.cpu_count() or 1) // ctx.local_world_size))
+    # the cores this process may run on: under SLURM (cgroups, taskset) fewer than the node has
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(cfg["threads"] or max(1, cores // ctx.local_world_size))
     torch.manual_seed(cfg["seed"])  # same initial weights everywhere (DDP also broadcasts rank 0's)
     rank, agents, num_envs, device = ctx.rank, ctx.world_size, cfg["num_envs"], ctx.device
     generator = torch.Generator().manual_seed(cfg["seed"] * 1000 + rank)

@@ -104,6 +104,8 @@ def test_num_agents_must_match_torchrun_world_size():
     (["train_steps=1000", "seed_steps=1001"], "seed_steps=1001 is not allowed"),
     (["faults.agents=[0,0]"], "faults.agents=[0, 0] is not allowed"),
     (["reward_scale=0"], "reward_scale=0 is not allowed"),
+    (["wandb.tags=[scaling,7]"], "wandb.tags=['scaling', 7] is not allowed"),
+    (["wandb.tags=scaling"], "wandb.tags='scaling' is not allowed"),
 ])
 def test_validate_rejects(overrides, message):
     with pytest.raises(ConfigError) as error:
@@ -117,6 +119,11 @@ def test_discount_one_with_auto_reward_scale_is_rejected():
     with pytest.raises(ConfigError) as error:
         validate(_compose("reward_scale=auto", "discount=1"))
     assert "discount=1" in str(error.value)
+
+
+def test_wandb_tags_are_a_list_of_strings():
+    assert validate(_compose())["wandb"]["tags"] == []
+    assert validate(_compose("wandb.tags=[scaling,cpu]"))["wandb"]["tags"] == ["scaling", "cpu"]
 
 
 def test_num_agents_explicit_outside_torchrun():

@@ -66,3 +66,15 @@ def test_progress_bar_redraws_on_request_while_steps_stand_still(tmp_path, capsy
     logger.progress(0, refresh=True, updates_left=1800)
     assert "updates_left=1800" in capsys.readouterr().err
     logger.close()
+
+
+def test_wandb_gets_the_configured_tags(tmp_path, monkeypatch):
+    import wandb
+
+    from dqt.logger import _start_wandb
+
+    seen = {}
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: seen.update(kwargs) or "run")
+    cfg = {"wandb": {"mode": "offline", "project": "dqt", "group": "scaling", "name": None, "tags": ["scaling"]}}
+    assert _start_wandb(cfg, tmp_path) == "run"
+    assert seen["tags"] == ["scaling"] and seen["group"] == "scaling"
