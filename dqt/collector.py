@@ -28,18 +28,20 @@ class Collector:
     envs together; only finished episodes cost per-env work.
     """
 
-    def __init__(self, envs, replay: EpisodeReplay, n_bins: int, reward_scale: float, episode_length: int):
-        self.envs, self.replay, self.n_bins, self.reward_scale = envs, replay, n_bins, reward_scale
+    def __init__(self, envs, replay: EpisodeReplay, n_bins: int, episode_length: int):
+        self.envs, self.replay, self.n_bins = envs, replay, n_bins
         self.num_envs = n = envs.num_envs
         self.obs = torch.as_tensor(envs.reset()[0], dtype=torch.float32)
         self.ep_obs = torch.zeros(n, episode_length + 1, self.obs.shape[1])
         self.ep_bins = torch.zeros(n, episode_length, replay.bins.shape[1], dtype=torch.long)
         self.ep_rewards = torch.zeros(n, episode_length, dtype=torch.float64)
         self.ep_length = torch.zeros(n, dtype=torch.long)
-        self.ep_success = np.zeros(n)
+        self.ep_success = np.full(n, np.nan)  # nan until the env reports success
         self.ep_clean_return = np.zeros(n)  # what the env paid, before RewardNoise
         self.rows = torch.arange(n)
         self.finished: list[tuple[float, float]] = []  # (clean raw return, success) since the last drain
+        # of every stored reward seen, noisy where RewardNoise is on (ValueMap for gym: tasks)
+        self.reward_range = [float("inf"), float("-inf")]
         # per agent step since the last drain: stored (noisy) reward sum, sum of squares, clean sum, sum of
         # squares, count; sums rather than means so that train_row can pool agents exactly
         self.reward_sums = np.zeros(5)
@@ -57,33 +59,36 @@ class Collector:
         self.ep_obs[self.rows, t] = self.obs
         self.ep_bins[self.rows, t] = bins
         self.ep_rewards[self.rows, t] = torch.from_numpy(rewards)
+        self.reward_range = [min(self.reward_range[0], float(np.min(rewards))),
+                             max(self.reward_range[1], float(np.max(rewards)))]
         self.ep_length += 1
-        self.ep_success = np.maximum(self.ep_success, _masked(info, "success", self.num_envs))
+        self.ep_success = np.fmax(self.ep_success, _masked(info, "success", self.num_envs))
         if done.any():
             final_success = _masked(info["final_info"], "success", self.num_envs)
             for i in np.flatnonzero(done):
                 length = int(self.ep_length[i])
                 self.ep_obs[i, length] = torch.as_tensor(np.asarray(info["final_obs"][i]), dtype=torch.float32)
-                stored = self.ep_rewards[i, :length]
-                self.replay.add_episode(self.ep_obs[i, : length + 1], self.ep_bins[i, :length],
-                                        (stored * self.reward_scale).float(), bool(terminated[i]))
-                success = max(self.ep_success[i], float(final_success[i]))
+                stored = self.ep_rewards[i, :length]  # raw, noisy where RewardNoise is on
+                self.replay.add_episode(self.ep_obs[i, : length + 1], self.ep_bins[i, :length], stored.float(),
+                                        bool(terminated[i]))
+                success = float(np.fmax(self.ep_success[i], final_success[i]))
                 self.finished.append((float(self.ep_clean_return[i]), success))
-                self.ep_length[i], self.ep_success[i], self.ep_clean_return[i] = 0, 0.0, 0.0
+                self.ep_length[i], self.ep_success[i], self.ep_clean_return[i] = 0, np.nan, 0.0
         self.obs = torch.as_tensor(next_obs, dtype=torch.float32)
 
     def drain(self) -> tuple[list[tuple[float, float]], torch.Tensor]:
-        """Since the last call: finished episodes' (clean raw return, success), and `reward_sums`."""
+        """Since the last call: finished episodes' (clean raw return, success or nan where the env does not
+        report it), and `reward_sums`."""
         out, sums = self.finished, torch.from_numpy(self.reward_sums)
         self.finished, self.reward_sums = [], np.zeros(5)
         return out, sums
 
 
 def _masked(info: dict, key: str, n: int) -> np.ndarray:
-    """info[key] from a vector env, 0 where a sub-env did not report it."""
+    """info[key] from a vector env, nan where a sub-env did not report it."""
     if key not in info:
-        return np.zeros(n)
-    return np.where(info.get(f"_{key}", np.ones(n, dtype=bool)), info[key], 0.0).astype(np.float64)
+        return np.full(n, np.nan)
+    return np.where(info.get(f"_{key}", np.ones(n, dtype=bool)), info[key], np.nan).astype(np.float64)
 
 
 def _clean_rewards(info: dict, rewards: np.ndarray, done: np.ndarray) -> np.ndarray:
@@ -96,8 +101,10 @@ def _clean_rewards(info: dict, rewards: np.ndarray, done: np.ndarray) -> np.ndar
     return clean
 
 
-def collect_demos(collector: Collector, expert_factory, episodes: int, noise: float, seed: int) -> None:
-    """Run the scripted expert (with Gaussian action noise) until `episodes` episodes are in replay."""
+def collect_demos(collector: Collector, replay: EpisodeReplay, expert_factory, episodes: int, noise: float,
+                  seed: int) -> None:
+    """Run the scripted expert (with Gaussian action noise) until `episodes` episodes are in `replay`."""
+    own_replay, collector.replay = collector.replay, replay
     experts = [expert_factory() for _ in range(collector.num_envs)]
     rng = np.random.default_rng(seed)
     start = len(collector.finished)
@@ -107,13 +114,17 @@ def collect_demos(collector: Collector, expert_factory, episodes: int, noise: fl
         actions = np.clip(actions + rng.normal(0.0, noise, actions.shape), -1.0, 1.0)
         collector.step(to_bins(torch.as_tensor(actions, dtype=torch.float32), collector.n_bins))
     collector.drain()
+    collector.replay = own_replay
 
 
 @torch.no_grad()
 def evaluate(task: Task, model: torch.nn.Module, envs: list, episode_ids: list[int], n_bins: int,
-             seed: int, device: torch.device) -> tuple[float, float, int]:
-    """Greedy episodes with ids `episode_ids` (MetaWorld: goal ids); returns (successes, return sum, count)."""
-    successes, returns = 0.0, 0.0
+             seed: int, device: torch.device) -> tuple[float, float, int, int]:
+    """Greedy episodes with ids `episode_ids` (MetaWorld: goal ids).
+
+    Returns (successes, return sum, episodes, episodes whose env reported success at all).
+    """
+    successes, returns, reported = 0.0, 0.0, 0
     for start in range(0, len(episode_ids), len(envs)):
         ids = episode_ids[start:start + len(envs)]
         active_envs = envs[: len(ids)]
@@ -125,7 +136,7 @@ def evaluate(task: Task, model: torch.nn.Module, envs: list, episode_ids: list[i
             else:
                 obs.append(env.reset(seed=seed + episode)[0])
         alive = [True] * len(ids)
-        ep_return, ep_success = [0.0] * len(ids), [0.0] * len(ids)
+        ep_return, ep_success = [0.0] * len(ids), [None] * len(ids)
         while any(alive):
             batch = torch.as_tensor(np.stack(obs), dtype=torch.float32, device=device)
             actions = from_bins(greedy_bins(model, batch), n_bins).cpu().numpy()
@@ -134,8 +145,10 @@ def evaluate(task: Task, model: torch.nn.Module, envs: list, episode_ids: list[i
                     continue
                 obs[i], reward, terminated, truncated, info = env.step(actions[i])
                 ep_return[i] += float(reward)
-                ep_success[i] = max(ep_success[i], float(info.get("success", 0.0)))
+                if "success" in info:
+                    ep_success[i] = max(ep_success[i] or 0.0, float(info["success"]))
                 alive[i] = not (terminated or truncated)
-        successes += sum(ep_success)
+        successes += sum(s for s in ep_success if s is not None)
+        reported += sum(s is not None for s in ep_success)
         returns += sum(ep_return)
-    return successes, returns, len(episode_ids)
+    return successes, returns, len(episode_ids), reported

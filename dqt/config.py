@@ -18,6 +18,7 @@ LR_SCALES = ("none", "inv_n", "log_n", "sqrt_n")
 NOISE_REDUCES = ("median", "mean")
 WANDB_MODES = ("offline", "online", "disabled")
 DEVICES = ("auto", "cpu", "cuda")
+LIST_KEYS = ("faults.agents", "noise.agents", "wandb.tags")  # the only keys whose value may be a list
 
 
 class ConfigError(ValueError):
@@ -74,8 +75,20 @@ def _str_or_null():
     return (lambda v: v is None or isinstance(v, str)), "a string or null"
 
 
+def _int_or_auto(lo: int):
+    ok, allowed = _int(lo)
+    return (lambda v: v == "auto" or ok(v)), f"auto or {allowed}"
+
+
 def _reward_scale():
     return (lambda v: v == "auto" or (_is_number(v) and v > 0)), "auto or a number > 0"
+
+
+def _str_list():
+    def ok(v: Any) -> bool:
+        return isinstance(v, (list, tuple)) and all(isinstance(s, str) and s != "" for s in v)
+
+    return ok, "a list of non-empty strings"
 
 
 def _rank_list():
@@ -93,9 +106,9 @@ def _all_or_rank_list():
 # key -> (check, what is allowed). Order is the order of the README table.
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "task": ((lambda v: isinstance(v, str) and v != ""), "mw-<metaworld task> or gym:<env id>"),
-    "action_repeat": _int(1),
-    "episode_length": _int(1),
-    "num_envs": _int(1),
+    "action_repeat": _int_or_auto(1),
+    "episode_length": _int_or_auto(1),
+    "num_envs": _int_or_auto(1),
     "reward_scale": _reward_scale(),
     "num_agents": _int(1, nullable=True),
     "seed": _int(0),
@@ -108,6 +121,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed_steps": _int(0),
     "demos": _int(0),
     "demo_noise": _float(0),
+    "demo_share": _float(0, 1),
     "replay_size": _int(1),
     "batch_size": _int(1),
     "pretrain_updates": _int(0),
@@ -140,7 +154,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "faults.kind": _choice(*FAULT_KINDS),
     "faults.magnitude": _float(),
     "eval_every": _int(1),
-    "eval_episodes": _int(1),
+    "eval_episodes": _int_or_auto(1),
     "log_every": _int(1),
     "checkpoint_every": _int(1),
     "resume": _bool(),
@@ -152,6 +166,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "wandb.project": ((lambda v: isinstance(v, str) and v != ""), "a non-empty string"),
     "wandb.group": _str_or_null(),
     "wandb.name": _str_or_null(),
+    "wandb.tags": _str_list(),
 }
 
 
@@ -179,7 +194,7 @@ def validate(cfg: DictConfig, world_size: int | None = None) -> dict:
             if not isinstance(value, dict) or part not in value:
                 raise ConfigError(f"config key {key} is missing (expected {allowed})")
             value = value[part]
-        if isinstance(value, (list, tuple)) and key not in ("faults.agents", "noise.agents"):
+        if isinstance(value, (list, tuple)) and key not in LIST_KEYS:
             raise ConfigError(f"{key}={_show(value)} is not allowed: expected {allowed}")
         if not ok(value):
             raise ConfigError(f"{key}={_show(value)} is not allowed: expected {allowed}")
@@ -215,7 +230,10 @@ def validate(cfg: DictConfig, world_size: int | None = None) -> dict:
             f"model.heads={plain['model']['heads']} is not allowed: expected a divisor of model.dim={plain['model']['dim']}"
         )
 
-    from dqt.envs import check_task  # late import: config checks must not pull in MetaWorld unless needed
+    from dqt.envs import auto_values, check_task  # late import: config checks must not pull in MetaWorld unless needed
 
+    for key, value in auto_values(plain["task"]).items():
+        if plain[key] == "auto":
+            plain[key] = value
     check_task(plain["task"], plain["demos"], plain["action_repeat"], plain["episode_length"])
     return plain

@@ -70,13 +70,17 @@ class Learner:
         self.scheduler = make_scheduler(self.optimizer, cfg["lr_schedule"], total_updates, cfg["lr_final"],
                                         cfg["num_agents"], **cfg["lr_plateau"])
         self.plateau = cfg["lr_schedule"] == "plateau"
+        self.value_map = algorithm.ValueMap(1.0, 0.0)  # set by the worker when learning starts
         self.updates = 0
         self.skipped_steps = 0
         self._online_params = [p for p in module.parameters()]
         self._target_params = [p for p in self.target.parameters()]
 
-    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """One update on this agent's batch; returns scalar metrics (as floats)."""
+    def update(self, batch: dict[str, torch.Tensor], scheduled: bool = True) -> dict[str, float]:
+        """One update on this agent's batch; returns scalar metrics (as floats).
+
+        `scheduled=False` (pretraining) leaves the LR schedule where it is: it counts online updates only.
+        """
         obs, bins = batch["obs"], batch["bins"]
         q = self.online(obs, bins[:, :-1])
         y = self.targets(batch, q.detach())
@@ -89,7 +93,7 @@ class Learner:
         # Every rank holds the same aggregated gradient, so every rank takes the same decision.
         if math.isfinite(grad_norm):
             self.optimizer.step()
-            if not self.plateau:
+            if scheduled and not self.plateau:  # plateau steps on evaluations (evaluated)
                 self.scheduler.step()
             with torch.no_grad():
                 torch._foreach_lerp_(self._target_params, self._online_params, self.cfg["tau"])
@@ -135,14 +139,18 @@ class Learner:
                 online_next[alone] = self.module(next_obs, no_prefix)[:, 0]
         within_step = algorithm.greedy_values(self.target, features[:, 1:], online_q[:, 1:] if double_q else None)
         across_step = algorithm.greedy_values(self.target, next_features, online_next)
-        return algorithm.targets(within_step, across_step, batch["nstep_return"], batch["bootstrap_discount"],
-                                 batch["mc_return"], self.cfg["mc_lower_bound"])
+        discount, bootstrap = self.cfg["discount"], batch["bootstrap_discount"]
+        nstep_return = self.value_map.returns(batch["nstep_return"], batch["steps"], bootstrap == 0, discount)
+        mc_return = self.value_map.returns(batch["mc_return"], batch["to_end"], batch["terminated"], discount)
+        return algorithm.targets(within_step, across_step, nstep_return, bootstrap, mc_return,
+                                 self.cfg["mc_lower_bound"])
 
     def state_dict(self) -> dict:
         """Model, target, optimiser, scheduler and counters."""
         return {"model": self.module.state_dict(), "target": self.target.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "updates": self.updates, "skipped_steps": self.skipped_steps}
+                "updates": self.updates, "skipped_steps": self.skipped_steps,
+                "value_map": [self.value_map.scale, self.value_map.low]}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore from `state_dict()`."""
@@ -151,3 +159,4 @@ class Learner:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.updates, self.skipped_steps = state["updates"], state["skipped_steps"]
+        self.value_map = algorithm.ValueMap(*state["value_map"])

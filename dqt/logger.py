@@ -111,6 +111,7 @@ def _start_wandb(cfg: dict, run_dir: Path):
         os.environ.setdefault("WANDB_SILENT", "true")
         return wandb.init(
             project=cfg["wandb"]["project"], group=cfg["wandb"]["group"], name=cfg["wandb"]["name"],
+            tags=list(cfg["wandb"].get("tags") or []),
             mode=cfg["wandb"]["mode"], dir=str(run_dir), config=cfg,
             settings=wandb.Settings(init_timeout=30, console="off"),
         )

@@ -118,6 +118,8 @@ def test_num_agents_must_match_torchrun_world_size():
     (["num_agents=1", "lr_scale=log_n"], "lr_scale='log_n' is not allowed with num_agents=1"),
     (["lr_plateau.factor=1"], "lr_plateau.factor=1 is not allowed: expected a number > 0, < 1"),
     (["lr_plateau.patience=-1"], "lr_plateau.patience=-1 is not allowed: expected an integer >= 0"),
+    (["wandb.tags=[scaling,7]"], "wandb.tags=['scaling', 7] is not allowed"),
+    (["wandb.tags=scaling"], "wandb.tags='scaling' is not allowed"),
 ])
 def test_validate_rejects(overrides, message):
     with pytest.raises(ConfigError) as error:
@@ -131,6 +133,11 @@ def test_discount_one_with_auto_reward_scale_is_rejected():
     with pytest.raises(ConfigError) as error:
         validate(_compose("reward_scale=auto", "discount=1"))
     assert "discount=1" in str(error.value)
+
+
+def test_wandb_tags_are_a_list_of_strings():
+    assert validate(_compose())["wandb"]["tags"] == []
+    assert validate(_compose("wandb.tags=[scaling,cpu]"))["wandb"]["tags"] == ["scaling", "cpu"]
 
 
 def test_num_agents_explicit_outside_torchrun():

@@ -115,3 +115,38 @@ def _plateau_on_two_ranks(rank: int, world_size: int) -> list[float]:
 def test_plateau_lr_is_rank_zeros_on_every_rank(tmp_path):
     ranks = run_world(_plateau_on_two_ranks, 2, tmp_path)
     assert ranks[0] == ranks[1] == [1.0, 0.5, 0.5]
+
+
+@pytest.mark.parametrize("schedule", ["linear", "n_linear", "plateau"])
+def test_pretraining_updates_leave_every_schedule_where_it_is(schedule):
+    # Learner.update(scheduled=False), as pretraining calls it: the curves count online updates only, and
+    # plateau moves only on evaluations whatever the update
+    from dqt.model import QTransformer
+
+    torch.manual_seed(0)
+    model = QTransformer(obs_dim=3, action_dims=2, bins=5, dim=16, depth=1, heads=2)
+    cfg = {"lr": 1.0, "weight_decay": 0.0, "lr_schedule": schedule, "lr_final": FINAL, "lr_scale": "inv_n",
+           "num_agents": 2, "lr_plateau": {"factor": 0.5, "patience": 0}, "mc_lower_bound": True,
+           "conservative_weight": 0.5, "grad_clip": 10.0, "tau": 0.005, "double_q": True, "discount": 0.5}
+    learner = Learner(model, model, cfg, 10)
+    gen = torch.Generator().manual_seed(1)
+    batch = {"obs": torch.randn(4, 3, generator=gen), "bins": torch.randint(5, (4, 2), generator=gen),
+             "nstep_return": torch.rand(4, generator=gen), "bootstrap_discount": torch.full((4,), 0.5),
+             "next_obs": torch.randn(4, 3, generator=gen), "mc_return": torch.zeros(4),
+             "steps": torch.ones(4, dtype=torch.long), "to_end": torch.full((4,), 3),
+             "terminated": torch.zeros(4, dtype=torch.bool), "successor": torch.full((4,), -1)}
+
+    def lr() -> float:
+        return learner.optimizer.param_groups[0]["lr"]
+
+    for _ in range(5):
+        learner.update(batch, scheduled=False)
+    assert lr() == 0.5 and learner.updates == 5  # lr_scale inv_n with 2 agents, untouched by the schedule
+    learner.update(batch)
+    if schedule == "plateau":
+        assert lr() == 0.5  # an update never steps plateau
+        learner.evaluated(1.0), learner.evaluated(0.0)
+        assert lr() == 0.25
+    else:
+        # one online update of T = 10: linear 1 - 0.9 / 10, n_linear (N = 2) 1 - 2 / 10
+        assert lr() == pytest.approx(0.5 * {"linear": 0.91, "n_linear": 0.8}[schedule], rel=1e-12)

@@ -20,7 +20,7 @@ def test_resume_continues_the_run_and_a_run_is_never_overwritten(tmp_path):
     first = run_train(*TOY, "train_steps=200", f"hydra.run.dir={tmp_path}")
     assert first.returncode == 0, first.stderr[-3000:]
     saved = torch.load(tmp_path / "checkpoints" / "agent0.pt", weights_only=True)
-    assert saved["counters"]["env_steps"] == 200 and saved["learner"]["updates"] == 50  # 10 + (200 - 40) * 0.25
+    assert saved["counters"]["env_steps"] == 200 and saved["learner"]["updates"] == 40  # (200 - 40) * 0.25: pretraining needs demos
 
     again = run_train(*TOY, "train_steps=400", f"hydra.run.dir={tmp_path}")
     assert again.returncode == 2
@@ -29,11 +29,11 @@ def test_resume_continues_the_run_and_a_run_is_never_overwritten(tmp_path):
     resumed = run_train(*TOY, "train_steps=400", "resume=true", f"hydra.run.dir={tmp_path}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final = torch.load(tmp_path / "checkpoints" / "agent0.pt", weights_only=True)
-    assert final["counters"]["env_steps"] == 400 and final["learner"]["updates"] == 100  # 50 + 200 * 0.25, no second pretraining
+    assert final["counters"]["env_steps"] == 400 and final["learner"]["updates"] == 90  # 40 + 200 * 0.25
     assert final["replay"]["transitions_added"] == 400  # the first part's data was kept
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["env_steps"] for r in rows if "eval/return" in r] == [100, 200, 300, 400]
-    assert [r["updates"] for r in rows if "train/loss" in r] == [25, 50, 75, 100]
+    assert [r["updates"] for r in rows if "train/loss" in r] == [15, 40, 65, 90]
 
 
 def test_hydra_multirun_sweeps_start_one_job_per_combination(tmp_path):
@@ -101,3 +101,15 @@ def test_noisy_rewards_are_logged_and_plateau_follows_the_eval_returns(tmp_path)
     assert len(set(expected)) > 1
     saved = torch.load(tmp_path / "checkpoints" / "agent0.pt", weights_only=True)
     assert saved["learner"]["optimizer"]["param_groups"][0]["lr"] == pytest.approx(expected[-1], rel=1e-12)
+
+
+def test_wandb_gets_the_configured_tags(tmp_path, monkeypatch):
+    import wandb
+
+    from dqt.logger import _start_wandb
+
+    seen = {}
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: seen.update(kwargs) or "run")
+    cfg = {"wandb": {"mode": "offline", "project": "dqt", "group": "scaling", "name": None, "tags": ["scaling"]}}
+    assert _start_wandb(cfg, tmp_path) == "run"
+    assert seen["tags"] == ["scaling"] and seen["group"] == "scaling"
