@@ -2,27 +2,60 @@
 Learning via Autoregressive Q-Functions"), to be read against the paper.
 
 Notation: d action dimensions, each discretised into `bins` bins; Q_i(s, a_{1:i}) is the model's output
-at token i for bin a_i given the data's bins a_{1:i-1}. Rewards are scaled so that Q lies in [0, 1]
-(see `reward_scale`): the lowest attainable value is 0, which the conservative term pushes unseen bins to.
+at token i for bin a_i given the data's bins a_{1:i-1}. Returns are mapped so that Q lies in [0, 1]
+(see `ValueMap`): the lowest attainable value is 0, which the conservative term pushes unseen bins to.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 
-def reward_scale(configured: float | str, discount: float, max_reward_per_step: float | None) -> float:
-    """The factor applied to every stored reward.
+@dataclass(frozen=True)
+class ValueMap:
+    """The affine map Q' = scale * (Q - low) that puts values in [0, 1] whatever the reward's scale and sign.
 
-    `auto` with a bounded reward r in [0, r_max] per agent step (MetaWorld: 10 per env step x
-    action_repeat) gives r * (1 - gamma) / r_max, so every discounted return, and Q, lies in [0, 1].
-    For gym: tasks `auto` is 1.0: set reward_scale so scaled rewards lie in [0, 1 - gamma].
+    Applied to returns rather than to each reward, so it is exact for every episode: a reward r becomes
+    scale * r - (1 - gamma) * scale * low, and a terminal state, worth 0 before, is worth -scale * low after.
+    The greedy policy is unchanged (an affine map with scale > 0, terminal states included). With rewards
+    r >= low * (1 - gamma) every mapped return is >= 0, so the lowest attainable value is 0, where the
+    conservative term pushes unseen bins (Sec. 4.2), and a truncated Monte-Carlo return, whose missing
+    tail is >= 0, is a true lower bound.
     """
-    if configured != "auto":
-        return float(configured)
-    if max_reward_per_step is None:
-        return 1.0
-    return (1.0 - discount) / max_reward_per_step
+
+    scale: float
+    low: float
+
+    @property
+    def terminal(self) -> float:
+        """The mapped value of a terminal state."""
+        return -self.scale * self.low
+
+    def returns(self, raw: torch.Tensor, steps: torch.Tensor, terminated: torch.Tensor, discount: float) -> torch.Tensor:
+        """Map raw discounted sums of `steps` rewards; where `terminated`, the sum ends in a terminal state.
+
+        sum_k gamma^k (scale r_k - (1-gamma) scale low) = scale raw - scale low (1 - gamma^steps), plus
+        gamma^steps * terminal when the window ends in the terminal state.
+        """
+        power = discount ** steps.to(raw.dtype)
+        return self.scale * raw - self.scale * self.low * (1 - power) + torch.where(terminated, power * self.terminal, 0.0)
+
+
+def value_map(reward_scale: float | str, discount: float, reward_low: float, reward_high: float) -> ValueMap:
+    """The `ValueMap` for the `reward_scale` key.
+
+    A number multiplies rewards (low = 0). `auto` maps the value range [min(r_lo, 0), max(r_hi, 0)] / (1 - gamma)
+    onto [0, 1], with [r_lo, r_hi] the per-step reward range: the suite's bound where it has one (MetaWorld:
+    [0, 10 * action_repeat], which gives scale (1 - gamma) / r_max, low 0), else the rewards seen before
+    learning starts, over all agents. 0 is always in the range so a terminal state maps into [0, 1].
+    """
+    if reward_scale != "auto":
+        return ValueMap(float(reward_scale), 0.0)
+    low, high = min(reward_low, 0.0) / (1 - discount), max(reward_high, 0.0) / (1 - discount)
+    span = high - low if high > low else 1.0 / (1 - discount)  # only zeros seen yet: assume |r| <= 1
+    return ValueMap(1.0 / span, low)
 
 
 def to_bins(action: torch.Tensor, bins: int) -> torch.Tensor:

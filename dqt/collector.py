@@ -34,9 +34,9 @@ class Collector:
     enters replay.
     """
 
-    def __init__(self, envs, replay: EpisodeReplay, n_bins: int, reward_scale: float, episode_length: int,
-                 name: str = "env", bad_data: str = "error"):
-        self.envs, self.replay, self.n_bins, self.reward_scale = envs, replay, n_bins, reward_scale
+    def __init__(self, envs, replay: EpisodeReplay, n_bins: int, episode_length: int, name: str = "env",
+                 bad_data: str = "error"):
+        self.envs, self.replay, self.n_bins = envs, replay, n_bins
         self.name, self.bad_data = name, bad_data  # name says which task and agent, in error messages
         self.num_envs = n = envs.num_envs
         self.steps = 0  # vector steps since this collector was built (demos included)
@@ -49,9 +49,15 @@ class Collector:
         self.ep_bins = torch.zeros(n, episode_length, replay.bins.shape[1], dtype=torch.long)
         self.ep_rewards = torch.zeros(n, episode_length, dtype=torch.float64)
         self.ep_length = torch.zeros(n, dtype=torch.long)
-        self.ep_success = np.zeros(n)
+        self.ep_success = np.full(n, np.nan)  # nan until the env reports success
+        self.ep_clean_return = np.zeros(n)  # what the env paid, before RewardNoise
         self.rows = torch.arange(n)
-        self.finished: list[tuple[float, float]] = []  # (raw return, success) since the last drain
+        self.finished: list[tuple[float, float]] = []  # (clean raw return, success) since the last drain
+        # of every stored reward seen, noisy where RewardNoise is on (ValueMap for gym: tasks)
+        self.reward_range = [float("inf"), float("-inf")]
+        # per agent step since the last drain: stored (noisy) reward sum, sum of squares, clean sum, sum of
+        # squares, count; sums rather than means so that train_row can pool agents exactly
+        self.reward_sums = np.zeros(5)
 
     def step(self, bins: torch.Tensor) -> None:
         """Execute the bin centres of `bins` [num_envs, d] in every sub-env."""
@@ -59,6 +65,7 @@ class Collector:
         next_obs, rewards, terminated, truncated, info = self.envs.step(actions)
         self.steps += 1
         done = np.logical_or(terminated, truncated)
+        rewards = np.asarray(rewards, dtype=np.float64)
         next_ok = np.isfinite(next_obs).all(axis=1)  # for a finished episode: the next one's first obs
         step_ok = np.isfinite(rewards) & (next_ok | done)
         for i in np.flatnonzero(done):
@@ -67,12 +74,22 @@ class Collector:
             self._bad_data(~(step_ok & next_ok), rewards)
             self.tainted |= ~step_ok
             next_obs = np.nan_to_num(next_obs)  # what the policy acts on; tainted episodes are not stored
+        clean = _clean_rewards(info, rewards, done)
+        # only finite rewards count in the logged sums and in reward_range (the value map's input): with
+        # bad_data=drop a non-finite one only reaches ep_rewards of an episode that is dropped
+        finite = np.isfinite(rewards) & np.isfinite(clean)
+        kept, kept_clean = (rewards, clean) if finite.all() else (rewards[finite], clean[finite])
+        self.reward_sums += (kept.sum(), kept @ kept, kept_clean.sum(), kept_clean @ kept_clean, len(kept))
+        self.ep_clean_return += clean
+        if len(kept):
+            self.reward_range = [min(self.reward_range[0], float(np.min(kept))),
+                                 max(self.reward_range[1], float(np.max(kept)))]
         t = self.ep_length
         self.ep_obs[self.rows, t] = self.obs
         self.ep_bins[self.rows, t] = bins
-        self.ep_rewards[self.rows, t] = torch.as_tensor(rewards, dtype=torch.float64)
+        self.ep_rewards[self.rows, t] = torch.from_numpy(rewards)
         self.ep_length += 1
-        self.ep_success = np.maximum(self.ep_success, _masked(info, "success", self.num_envs))
+        self.ep_success = np.fmax(self.ep_success, _masked(info, "success", self.num_envs))
         if done.any():
             final_success = _masked(info["final_info"], "success", self.num_envs)
             for i in np.flatnonzero(done):
@@ -81,11 +98,13 @@ class Collector:
                     self.dropped_steps += length
                 else:
                     self.ep_obs[i, length] = torch.as_tensor(np.asarray(info["final_obs"][i]), dtype=torch.float32)
-                    raw = self.ep_rewards[i, :length]
-                    self.replay.add_episode(self.ep_obs[i, : length + 1], self.ep_bins[i, :length],
-                                            (raw * self.reward_scale).float(), bool(terminated[i]))
-                    self.finished.append((float(raw.sum()), max(self.ep_success[i], float(final_success[i]))))
-                self.ep_length[i], self.ep_success[i], self.tainted[i] = 0, 0.0, not next_ok[i]
+                    stored = self.ep_rewards[i, :length]  # raw, noisy where RewardNoise is on
+                    self.replay.add_episode(self.ep_obs[i, : length + 1], self.ep_bins[i, :length], stored.float(),
+                                            bool(terminated[i]))
+                    success = float(np.fmax(self.ep_success[i], final_success[i]))
+                    self.finished.append((float(self.ep_clean_return[i]), success))
+                self.ep_length[i], self.ep_success[i], self.ep_clean_return[i] = 0, np.nan, 0.0
+                self.tainted[i] = not next_ok[i]
         self.obs = torch.as_tensor(next_obs, dtype=torch.float32)
 
     def _bad_data(self, bad: np.ndarray, rewards: np.ndarray) -> None:
@@ -98,21 +117,35 @@ class Collector:
                        "enters replay, so the run stops (bad_data=drop drops such episodes and counts them in "
                        "train/dropped_steps)")
 
-    def drain(self) -> list[tuple[float, float]]:
-        """Finished episodes' (raw return, success) since the last call."""
-        out, self.finished = self.finished, []
-        return out
+    def drain(self) -> tuple[list[tuple[float, float]], torch.Tensor]:
+        """Since the last call: finished episodes' (clean raw return, success or nan where the env does not
+        report it), and `reward_sums`."""
+        out, sums = self.finished, torch.from_numpy(self.reward_sums)
+        self.finished, self.reward_sums = [], np.zeros(5)
+        return out, sums
 
 
 def _masked(info: dict, key: str, n: int) -> np.ndarray:
-    """info[key] from a vector env, 0 where a sub-env did not report it."""
+    """info[key] from a vector env, nan where a sub-env did not report it."""
     if key not in info:
-        return np.zeros(n)
-    return np.where(info.get(f"_{key}", np.ones(n, dtype=bool)), info[key], 0.0).astype(np.float64)
+        return np.full(n, np.nan)
+    return np.where(info.get(f"_{key}", np.ones(n, dtype=bool)), info[key], np.nan).astype(np.float64)
 
 
-def collect_demos(collector: Collector, expert_factory, episodes: int, noise: float, seed: int) -> None:
-    """Run the scripted expert (with Gaussian action noise) until `episodes` episodes are in replay."""
+def _clean_rewards(info: dict, rewards: np.ndarray, done: np.ndarray) -> np.ndarray:
+    """Rewards before RewardNoise (a finished sub-env reports it in final_info); `rewards` where not wrapped."""
+    clean = rewards.copy()
+    for source, rows in ((info, ~done), (info.get("final_info", {}), done)):
+        if "clean_reward" in source:
+            has = source["_clean_reward"] & rows
+            clean[has] = source["clean_reward"][has]
+    return clean
+
+
+def collect_demos(collector: Collector, replay: EpisodeReplay, expert_factory, episodes: int, noise: float,
+                  seed: int) -> None:
+    """Run the scripted expert (with Gaussian action noise) until `episodes` episodes are in `replay`."""
+    own_replay, collector.replay = collector.replay, replay
     experts = [expert_factory() for _ in range(collector.num_envs)]
     rng = np.random.default_rng(seed)
     start = len(collector.finished)
@@ -122,13 +155,17 @@ def collect_demos(collector: Collector, expert_factory, episodes: int, noise: fl
         actions = np.clip(actions + rng.normal(0.0, noise, actions.shape), -1.0, 1.0)
         collector.step(to_bins(torch.as_tensor(actions, dtype=torch.float32), collector.n_bins))
     collector.drain()
+    collector.replay = own_replay
 
 
 @torch.no_grad()
 def evaluate(task: Task, model: torch.nn.Module, envs: list, episode_ids: list[int], n_bins: int,
-             seed: int, device: torch.device) -> tuple[float, float, int]:
-    """Greedy episodes with ids `episode_ids` (MetaWorld: goal ids); returns (successes, return sum, count)."""
-    successes, returns = 0.0, 0.0
+             seed: int, device: torch.device) -> tuple[float, float, int, int]:
+    """Greedy episodes with ids `episode_ids` (MetaWorld: goal ids).
+
+    Returns (successes, return sum, episodes, episodes whose env reported success at all).
+    """
+    successes, returns, reported = 0.0, 0.0, 0
     for start in range(0, len(episode_ids), len(envs)):
         ids = episode_ids[start:start + len(envs)]
         active_envs = envs[: len(ids)]
@@ -140,7 +177,7 @@ def evaluate(task: Task, model: torch.nn.Module, envs: list, episode_ids: list[i
             else:
                 obs.append(env.reset(seed=seed + episode)[0])
         alive = [True] * len(ids)
-        ep_return, ep_success = [0.0] * len(ids), [0.0] * len(ids)
+        ep_return, ep_success = [0.0] * len(ids), [None] * len(ids)
         while any(alive):
             batch = torch.as_tensor(np.stack(obs), dtype=torch.float32, device=device)
             actions = from_bins(greedy_bins(model, batch), n_bins).cpu().numpy()
@@ -149,8 +186,10 @@ def evaluate(task: Task, model: torch.nn.Module, envs: list, episode_ids: list[i
                     continue
                 obs[i], reward, terminated, truncated, info = env.step(actions[i])
                 ep_return[i] += float(reward)
-                ep_success[i] = max(ep_success[i], float(info.get("success", 0.0)))
+                if "success" in info:
+                    ep_success[i] = max(ep_success[i] or 0.0, float(info["success"]))
                 alive[i] = not (terminated or truncated)
-        successes += sum(ep_success)
+        successes += sum(s for s in ep_success if s is not None)
+        reported += sum(s is not None for s in ep_success)
         returns += sum(ep_return)
-    return successes, returns, len(episode_ids)
+    return successes, returns, len(episode_ids), reported

@@ -11,16 +11,19 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from dqt.envs import check_task
+from dqt.envs import auto_values, check_task
 from dqt.errors import ConfigError  # re-exported: callers catch dqt.config.ConfigError
 
 AGGREGATIONS = ("mean", "median", "trimmed_mean")
 FAULT_KINDS = ("scale", "noise", "sign_flip", "nan")
 EXPLORE_KINDS = ("gaussian", "eps")
-LR_SCHEDULES = ("constant", "linear")
+LR_SCHEDULES = ("constant", "linear", "log", "log_linear", "n_linear", "plateau")
+LR_SCALES = ("none", "inv_n", "log_n", "sqrt_n")
+NOISE_REDUCES = ("median", "mean")
 WANDB_MODES = ("offline", "online", "disabled")
 DEVICES = ("auto", "cpu", "cuda")
 BAD_DATA = ("error", "drop")
+LIST_KEYS = ("faults.agents", "noise.agents", "wandb.tags")  # the only keys whose value may be a list
 
 
 def _is_int(v: Any) -> bool:
@@ -73,8 +76,20 @@ def _str_or_null():
     return (lambda v: v is None or isinstance(v, str)), "a string or null"
 
 
+def _int_or_auto(lo: int):
+    ok, allowed = _int(lo)
+    return (lambda v: v == "auto" or ok(v)), f"auto or {allowed}"
+
+
 def _reward_scale():
     return (lambda v: v == "auto" or (_is_number(v) and v > 0)), "auto or a number > 0"
+
+
+def _str_list():
+    def ok(v: Any) -> bool:
+        return isinstance(v, (list, tuple)) and all(isinstance(s, str) and s != "" for s in v)
+
+    return ok, "a list of non-empty strings"
 
 
 def _rank_list():
@@ -84,19 +99,30 @@ def _rank_list():
     return ok, "a list of distinct ranks (integers >= 0)"
 
 
+def _all_or_rank_list():
+    ranks, allowed = _rank_list()
+    return (lambda v: v == "all" or ranks(v)), "all or " + allowed
+
+
 # key -> (check, what is allowed). Order is the order of the README table.
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "task": ((lambda v: isinstance(v, str) and v != ""), "mw-<metaworld task> or gym:<env id>"),
-    "action_repeat": _int(1),
-    "episode_length": _int(1),
-    "num_envs": _int(1),
+    "action_repeat": _int_or_auto(1),
+    "episode_length": _int_or_auto(1),
+    "num_envs": _int_or_auto(1),
     "reward_scale": _reward_scale(),
     "num_agents": _int(1, nullable=True),
     "seed": _int(0),
+    "noise.mean": _float(),
+    "noise.std": _float(0),
+    "noise.agents": _all_or_rank_list(),
+    "noise.reads": _int(1),
+    "noise.reduce": _choice(*NOISE_REDUCES),
     "train_steps": _int(1),
     "seed_steps": _int(0),
     "demos": _int(0),
     "demo_noise": _float(0),
+    "demo_share": _float(0, 1),
     "replay_size": _int(1),
     "batch_size": _int(1),
     "pretrain_updates": _int(0),
@@ -117,6 +143,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "grad_clip": _float(0),
     "lr_schedule": _choice(*LR_SCHEDULES),
     "lr_final": _float(0, 1),
+    "lr_scale": _choice(*LR_SCALES),
+    "lr_plateau.factor": _float(0, 1, lo_open=True, hi_open=True),
+    "lr_plateau.patience": _int(0),
     "explore.kind": _choice(*EXPLORE_KINDS),
     "explore.std": _float(0),
     "explore.eps": _float(0, 1),
@@ -126,7 +155,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "faults.kind": _choice(*FAULT_KINDS),
     "faults.magnitude": _float(),
     "eval_every": _int(1),
-    "eval_episodes": _int(1),
+    "eval_episodes": _int_or_auto(1),
     "log_every": _int(1),
     "checkpoint_every": _int(1),
     "resume": _bool(),
@@ -139,6 +168,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "wandb.project": ((lambda v: isinstance(v, str) and v != ""), "a non-empty string"),
     "wandb.group": _str_or_null(),
     "wandb.name": _str_or_null(),
+    "wandb.tags": _str_list(),
 }
 
 
@@ -171,7 +201,7 @@ def _unknown_keys(node: dict, prefix: str = "") -> list[str]:
 
 
 def validate(cfg: DictConfig, world_size: int | None = None) -> dict:
-    """Check every key of `cfg`; return it as a plain dict with `num_agents` resolved.
+    """Check every key of `cfg`; return it as a plain dict with `num_agents` and the `auto` values resolved.
 
     `world_size` is torchrun's WORLD_SIZE when running under torchrun, else None.
     """
@@ -196,7 +226,7 @@ def validate(cfg: DictConfig, world_size: int | None = None) -> dict:
             if not isinstance(value, dict) or part not in value:
                 raise ConfigError(f"config key {key} is missing (expected {allowed})")
             value = value[part]
-        if isinstance(value, (list, tuple)) and key != "faults.agents":
+        if isinstance(value, (list, tuple)) and key not in LIST_KEYS:
             raise ConfigError(f"{key}={_show(value)} is not allowed: expected {allowed}")
         if not ok(value):
             raise ConfigError(f"{key}={_show(value)} is not allowed: expected {allowed}")
@@ -215,12 +245,22 @@ def validate(cfg: DictConfig, world_size: int | None = None) -> dict:
         raise ConfigError("discount=1 is not allowed with reward_scale=auto: the auto scale (1-discount)/r_max would "
                           "zero every reward; set reward_scale to a number or discount < 1")
     n, faulty = plain["num_agents"], plain["faults"]["agents"]
-    bad = [r for r in faulty if r >= n]
-    if bad:
-        raise ConfigError(f"faults.agents={bad} is not allowed: expected ranks below num_agents={n}")
+    for key in ("faults", "noise"):
+        ranks = plain[key]["agents"]
+        bad = [r for r in ranks if r >= n] if ranks != "all" else []
+        if bad:
+            raise ConfigError(f"{key}.agents={bad} is not allowed: expected ranks below num_agents={n}")
     if faulty and len(faulty) >= n:
         raise ConfigError(f"faults.agents={faulty} is not allowed with num_agents={n}: expected fewer faulty agents "
                           "than agents (no honest agent would be left)")
+    if plain["lr_scale"] == "log_n" and n < 2:
+        raise ConfigError(f"lr_scale='log_n' is not allowed with num_agents={n}: lr * ln N would be 0; "
+                          "log_n needs num_agents >= 2 (use none for one agent)")
+    # `auto` values depend on the task (a gym: env is built once to read its time limit); resolved before the
+    # checks that read them
+    for key, value in auto_values(plain["task"]).items():
+        if plain[key] == "auto":
+            plain[key] = value
     if plain["batch_size"] > plain["replay_size"]:
         raise ConfigError(f"batch_size={plain['batch_size']} is not allowed with replay_size={plain['replay_size']}: "
                           "expected batch_size <= replay_size")

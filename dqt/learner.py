@@ -5,19 +5,56 @@ import copy
 import math
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from dqt import algorithm
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, total_updates: int, final_fraction: float):
-    """A torch.optim.lr_scheduler for `lr_schedule` (stepped once per applied update)."""
+def scaled_lr(lr: float, scale: str, num_agents: int) -> float:
+    """`lr_scale`: none (lr), inv_n (lr / N), log_n (lr * ln N, so N >= 2) or sqrt_n (lr * sqrt N)."""
+    if scale == "none":
+        return lr
+    if scale == "inv_n":
+        return lr / num_agents
+    if scale == "log_n":
+        return lr * math.log(num_agents)
+    if scale == "sqrt_n":
+        return lr * math.sqrt(num_agents)
+    raise ValueError(f"unknown lr_scale {scale!r}")
+
+
+def lr_factor(kind: str, t: int, total: int, final: float, num_agents: int) -> float:
+    """The lr as a fraction of its initial value after `t` of `total` updates, for the curve schedules.
+
+    With N = 1, ln N = 0: log and log_linear are constant then.
+    """
+    x = min(t, total) / total  # progress t/T
     if kind == "constant":
-        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+        return 1.0
     if kind == "linear":
-        return torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=final_fraction,
-                                                 total_iters=max(1, total_updates))
+        return 1.0 - (1.0 - final) * x
+    if kind == "log":
+        return 1.0 / (1.0 + math.log(num_agents) * x)
+    if kind == "log_linear":
+        return max(1.0 - math.log(num_agents) * x, final)
+    if kind == "n_linear":
+        return max(1.0 - num_agents * x, final)
     raise ValueError(f"unknown lr_schedule {kind!r}")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, total_updates: int, final_fraction: float,
+                   num_agents: int = 1, factor: float = 0.5, patience: int = 3):
+    """A torch.optim.lr_scheduler for `lr_schedule`: LambdaLR for the curves over `total_updates` (stepped
+    once per applied update), ReduceLROnPlateau for plateau (stepped with each evaluation's return)."""
+    if kind == "plateau":
+        # threshold 0: any return above the best so far is an improvement; the floor is lr_final of the start
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=factor, patience=patience, threshold=0.0,
+            min_lr=[group["lr"] * final_fraction for group in optimizer.param_groups])
+    total = max(1, total_updates)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda t: lr_factor(kind, t, total, final_fraction, num_agents))
 
 
 class Learner:
@@ -28,16 +65,22 @@ class Learner:
         self.module = module  # the bare network, shared with `online`
         self.target = copy.deepcopy(module).requires_grad_(False)
         self.cfg = cfg
-        self.optimizer = torch.optim.AdamW(module.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"],
-                                           fused=True)
-        self.scheduler = make_scheduler(self.optimizer, cfg["lr_schedule"], total_updates, cfg["lr_final"])
+        lr = scaled_lr(cfg["lr"], cfg["lr_scale"], cfg["num_agents"])
+        self.optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=cfg["weight_decay"], fused=True)
+        self.scheduler = make_scheduler(self.optimizer, cfg["lr_schedule"], total_updates, cfg["lr_final"],
+                                        cfg["num_agents"], **cfg["lr_plateau"])
+        self.plateau = cfg["lr_schedule"] == "plateau"
+        self.value_map = algorithm.ValueMap(1.0, 0.0)  # set by the worker when learning starts
         self.updates = 0
         self.skipped_steps = 0
         self._online_params = [p for p in module.parameters()]
         self._target_params = [p for p in self.target.parameters()]
 
-    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """One update on this agent's batch; returns scalar metrics (as floats)."""
+    def update(self, batch: dict[str, torch.Tensor], scheduled: bool = True) -> dict[str, float]:
+        """One update on this agent's batch; returns scalar metrics (as floats).
+
+        `scheduled=False` (pretraining) leaves the LR schedule where it is: it counts online updates only.
+        """
         obs, bins = batch["obs"], batch["bins"]
         q = self.online(obs, bins[:, :-1])
         y = self.targets(batch, q.detach())
@@ -50,7 +93,8 @@ class Learner:
         # Every rank holds the same aggregated gradient, so every rank takes the same decision.
         if math.isfinite(grad_norm):
             self.optimizer.step()
-            self.scheduler.step()
+            if scheduled and not self.plateau:  # plateau steps on evaluations (evaluated)
+                self.scheduler.step()
             with torch.no_grad():
                 torch._foreach_lerp_(self._target_params, self._online_params, self.cfg["tau"])
         else:
@@ -58,6 +102,22 @@ class Learner:
         self.updates += 1
         return {"train/loss": total.detach().item(), "train/td_loss": td.item(), "train/conservative_loss": conservative.item(),
                 "train/q_data": q_data.item(), "train/grad_norm": grad_norm}
+
+    def evaluated(self, eval_return: float) -> None:
+        """lr_schedule=plateau: rank 0's scheduler decides on its `eval_return`, every rank takes rank 0's lr,
+        so that all agents hold the same lr (the other ranks' schedulers are never stepped)."""
+        if not self.plateau:
+            return
+        distributed = dist.is_initialized()
+        if not distributed or dist.get_rank() == 0:
+            self.scheduler.step(eval_return)
+        if distributed:
+            device = self._online_params[0].device
+            lrs = torch.tensor([group["lr"] for group in self.optimizer.param_groups], dtype=torch.float64,
+                               device=device)
+            dist.broadcast(lrs, src=0)
+            for group, lr in zip(self.optimizer.param_groups, lrs.tolist()):
+                group["lr"] = lr
 
     @torch.inference_mode()  # targets carry no gradient; inference mode skips autograd bookkeeping
     def targets(self, batch: dict[str, torch.Tensor], online_q: torch.Tensor) -> torch.Tensor:
@@ -79,14 +139,18 @@ class Learner:
                 online_next[alone] = self.module(next_obs, no_prefix)[:, 0]
         within_step = algorithm.greedy_values(self.target, features[:, 1:], online_q[:, 1:] if double_q else None)
         across_step = algorithm.greedy_values(self.target, next_features, online_next)
-        return algorithm.targets(within_step, across_step, batch["nstep_return"], batch["bootstrap_discount"],
-                                 batch["mc_return"], self.cfg["mc_lower_bound"])
+        discount, bootstrap = self.cfg["discount"], batch["bootstrap_discount"]
+        nstep_return = self.value_map.returns(batch["nstep_return"], batch["steps"], bootstrap == 0, discount)
+        mc_return = self.value_map.returns(batch["mc_return"], batch["to_end"], batch["terminated"], discount)
+        return algorithm.targets(within_step, across_step, nstep_return, bootstrap, mc_return,
+                                 self.cfg["mc_lower_bound"])
 
     def state_dict(self) -> dict:
         """Model, target, optimiser, scheduler and counters."""
         return {"model": self.module.state_dict(), "target": self.target.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "updates": self.updates, "skipped_steps": self.skipped_steps}
+                "updates": self.updates, "skipped_steps": self.skipped_steps,
+                "value_map": [self.value_map.scale, self.value_map.low]}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore from `state_dict()`."""
@@ -95,3 +159,4 @@ class Learner:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.updates, self.skipped_steps = state["updates"], state["skipped_steps"]
+        self.value_map = algorithm.ValueMap(*state["value_map"])

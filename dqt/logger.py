@@ -145,7 +145,8 @@ def _start_wandb(cfg: dict, run_dir: Path):
 def _init_wandb(wandb, cfg: dict, run_dir: Path, mode: str):
     # init_timeout: a server that accepts the probe's connection but does not answer still costs at most 20 s
     return wandb.init(project=cfg["wandb"]["project"], group=cfg["wandb"]["group"], name=cfg["wandb"]["name"],
-                      mode=mode, dir=str(run_dir), config=cfg, settings=wandb.Settings(init_timeout=20, console="off"))
+                      tags=list(cfg["wandb"].get("tags") or []), mode=mode, dir=str(run_dir), config=cfg,
+                      settings=wandb.Settings(init_timeout=20, console="off"))
 
 
 def _describe(error: Exception) -> str:

@@ -2,7 +2,9 @@
 
 An episode of T transitions takes T + 1 rows (the last holds only the final observation), so the
 bootstrap state s_{t+m} is the row `offset` rows ahead and next observations are never stored twice.
-n-step sums and Monte-Carlo returns are computed once, when the episode is added.
+n-step sums and Monte-Carlo returns are computed once, when the episode is added, from raw rewards: the
+learner maps them into its value range (`algorithm.ValueMap`) when it samples, so the map can be set after
+the first episodes are stored.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ class EpisodeReplay:
         self.bootstrap_discount = torch.zeros(capacity, dtype=torch.float32)
         self.mc_return = torch.zeros(capacity, dtype=torch.float32)
         self.offset = torch.zeros(capacity, dtype=torch.uint8 if n_step < 256 else torch.int32)
+        self.to_end = torch.zeros(capacity, dtype=torch.int32)  # steps from the row to the episode's end
+        self.terminated = torch.zeros(capacity, dtype=torch.bool)  # the episode ended in a terminal state
         self.sampleable = torch.zeros(capacity, dtype=torch.bool)
         self.cursor = 0
         self.transitions_added = 0
@@ -35,18 +39,19 @@ class EpisodeReplay:
     def bytes_per_row(self) -> int:
         """Memory of one row across all arrays."""
         arrays = (self.obs, self.bins, self.nstep_return, self.bootstrap_discount, self.mc_return,
-                  self.offset, self.sampleable)
+                  self.offset, self.to_end, self.terminated, self.sampleable)
         return sum(a[0].numel() * a.element_size() for a in arrays)
 
     def add_episode(self, obs: torch.Tensor, bins: torch.Tensor, rewards: torch.Tensor, terminated: bool) -> None:
-        """Store an episode: obs [T+1, obs_dim] (incl. final), bins [T, d], rewards [T] (already scaled)."""
+        """Store an episode: obs [T+1, obs_dim] (incl. final), bins [T, d], raw rewards [T]."""
         T = rewards.shape[0]
         rows = T + 1
         if rows > self.capacity:
             raise ValueError(f"an episode of {T} steps does not fit a replay of {self.capacity} rows")
-        if not (torch.isfinite(obs).all() and torch.isfinite(rewards).all()):  # the collector checks raw data;
-            raise RunError("replay refused an episode with a non-finite observation or scaled reward "  # this, scaling
-                           "(is reward_scale too large?)")
+        # the collector checks the env's float64 data; this catches what the float32 cast overflows
+        if not (torch.isfinite(obs).all() and torch.isfinite(rewards).all()):
+            raise RunError("replay refused an episode with a non-finite observation or reward (a value beyond "
+                           "float32's range?)")
         if self.cursor + rows > self.capacity:  # keep episodes contiguous: wrap, dropping the tail rows
             self.sampleable[self.cursor:] = False
             self.cursor = 0
@@ -58,6 +63,8 @@ class EpisodeReplay:
         self.bins[s] = bins.to(self.bins.dtype)
         self.nstep_return[s], self.bootstrap_discount[s], self.mc_return[s] = R, bootstrap, mc
         self.offset[s] = steps.to(self.offset.dtype)
+        self.to_end[s] = torch.arange(T, 0, -1, dtype=torch.int32)
+        self.terminated[s] = terminated
         self.sampleable[s] = True
         self.cursor += rows
         self.transitions_added += T
@@ -93,6 +100,9 @@ class EpisodeReplay:
             "bootstrap_discount": self.bootstrap_discount[index],
             "next_obs": self.obs[next_index],
             "mc_return": self.mc_return[index],
+            "steps": self.offset[index].long(),
+            "to_end": self.to_end[index].long(),
+            "terminated": self.terminated[index],
             "successor": successor,
         }
 
@@ -114,3 +124,22 @@ class EpisodeReplay:
         for key, value in state.items():
             setattr(self, key, value)
         self._valid_rows = None
+
+
+def sample_mixed(online: EpisodeReplay, demos: EpisodeReplay | None, batch_size: int, demo_share: float,
+                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """A batch with a fixed share drawn from the demonstrations (RLPD's symmetric sampling, Ball et al. 2023).
+
+    round(demo_share * batch_size) rows come from `demos` and the rest from `online`, so the agents' own data
+    never washes the demonstrations out of the batch; all rows come from whichever replay is the only one
+    holding episodes. Each part keeps its own pairs (`successor` is shifted to the concatenated rows).
+    """
+    has_demos, has_online = demos is not None and len(demos) > 0, len(online) > 0
+    from_demos = batch_size if not has_online else round(batch_size * demo_share) if has_demos else 0
+    parts = [(replay, n) for replay, n in ((demos, from_demos), (online, batch_size - from_demos)) if n > 0]
+    batches = [replay.sample(n, generator) for replay, n in parts]
+    if len(batches) == 1:
+        return batches[0]
+    first, second = batches
+    shifted = torch.where(second["successor"] >= 0, second["successor"] + first["successor"].numel(), -1)
+    return {key: torch.cat([first[key], shifted if key == "successor" else second[key]]) for key in first}

@@ -1,6 +1,7 @@
 """One agent's process: set-up, then one loop read top to bottom — act, learn, evaluate, log, checkpoint."""
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import sys
@@ -12,13 +13,13 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dqt import aggregation, checkpoint, distributed
-from dqt.algorithm import reward_scale
+from dqt.algorithm import ValueMap, value_map
 from dqt.collector import Collector, collect_demos, evaluate, explore
 from dqt.envs import env_seed, eval_seed, goals_seed, make_task
 from dqt.learner import Learner
 from dqt.logger import Logger
 from dqt.model import QTransformer, greedy_bins
-from dqt.replay import EpisodeReplay
+from dqt.replay import EpisodeReplay, sample_mixed
 
 TRAIN_KEYS = ("train/loss", "train/td_loss", "train/conservative_loss", "train/q_data", "train/grad_norm")
 
@@ -47,16 +48,21 @@ def shared_run_dir(own_dir: str | None, ctx: distributed.Context) -> str:
 
 def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
     """The training loop of one agent."""
-    torch.set_num_threads(cfg["threads"] or max(1, (os.cpu_count() or 1) // ctx.local_world_size))
+    # the cores this process may run on: under SLURM (cgroups, taskset) fewer than the node has
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(cfg["threads"] or max(1, cores // ctx.local_world_size))
     torch.manual_seed(cfg["seed"])  # same initial weights everywhere (DDP also broadcasts rank 0's)
     rank, agents, num_envs, device = ctx.rank, ctx.world_size, cfg["num_envs"], ctx.device
     generator = torch.Generator().manual_seed(cfg["seed"] * 1000 + rank)
 
     task = make_task(cfg["task"], cfg["action_repeat"], cfg["episode_length"])
+    noise = {k: v for k, v in cfg["noise"].items() if k != "agents"}
+    noisy = cfg["noise"]["agents"] == "all" or rank in cfg["noise"]["agents"]
     envs = task.make_vector_env([env_seed(cfg["seed"], rank, i, num_envs) for i in range(num_envs)],
-                                goals_seed(cfg["seed"], rank))
+                                goals_seed(cfg["seed"], rank), noise if noisy else None)
+    # one eval env per episode of this agent's share: greedy decode runs on all of them as one batch
     eval_envs = [task.build(eval_seed(cfg["seed"]), eval_seed(cfg["seed"]))
-                 for _ in range(min(num_envs, -(-cfg["eval_episodes"] // agents)))]
+                 for _ in range(-(-cfg["eval_episodes"] // agents))]
     model = QTransformer(task.obs_dim, task.action_dim, cfg["bins"], **cfg["model"]).to(device)
     ddp = DDP(model, device_ids=[device] if device.type == "cuda" else None)
     faults = aggregation.FaultSpec(tuple(cfg["faults"]["agents"]), cfg["faults"]["kind"], cfg["faults"]["magnitude"],
@@ -67,11 +73,13 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
     if warning and ctx.is_main:
         print(f"dqt: warning: {warning}", file=sys.stderr)
     replay = EpisodeReplay(cfg["replay_size"], task.obs_dim, task.action_dim, cfg["bins"], cfg["n_step"], cfg["discount"])
-    total_updates = cfg["pretrain_updates"] + int((cfg["train_steps"] - cfg["seed_steps"]) * cfg["updates_per_step"])
-    learner = Learner(ddp, model, cfg, total_updates)
-    collector = Collector(envs, replay, cfg["bins"],
-                          reward_scale(cfg["reward_scale"], cfg["discount"], task.max_reward_per_step),
-                          cfg["episode_length"], f"task={cfg['task']}, agent {rank}", cfg["bad_data"])
+    # demonstrations live apart, so a fixed share of every batch comes from them (sample_mixed)
+    demo_replay = EpisodeReplay((cfg["demos"] + num_envs) * (cfg["episode_length"] + 1), task.obs_dim, task.action_dim,
+                                cfg["bins"], cfg["n_step"], cfg["discount"]) if cfg["demos"] > 0 else None
+    # the LR schedule counts online updates: pretraining is not part of the run's horizon
+    learner = Learner(ddp, model, cfg, int((cfg["train_steps"] - cfg["seed_steps"]) * cfg["updates_per_step"]))
+    collector = Collector(envs, replay, cfg["bins"], cfg["episode_length"], f"task={cfg['task']}, agent {rank}",
+                          cfg["bad_data"])
 
     counters = {"env_steps": 0, "update_debt": 0.0, "learning": False, "pretrained": False, "time_s": 0.0,
                 "next_eval": cfg["eval_every"], "next_log": cfg["log_every"], "next_checkpoint": cfg["checkpoint_every"]}
@@ -79,17 +87,24 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
         state, _ = checkpoint.load_newest(run_dir, rank, agents)
         learner.load_state_dict(state["learner"])
         replay.load_state_dict(state["replay"])
+        if demo_replay is not None:
+            demo_replay.load_state_dict(state["demo_replay"])
         counters.update(state["counters"])
         collector.dropped_steps = state.get("dropped_steps", 0)
+        # the rewards seen so far: a run resumed before learning starts still maps values from all of them
+        collector.reward_range = list(state.get("reward_range", collector.reward_range))
         checkpoint.set_rng_state(state["rng"])
         generator.set_state(state["generator"])
-    elif cfg["demos"] > 0:
-        collect_demos(collector, task.expert, cfg["demos"], cfg["demo_noise"], env_seed(cfg["seed"], rank, 0, 1))
+    elif demo_replay is not None:
+        collect_demos(collector, demo_replay, task.expert, cfg["demos"], cfg["demo_noise"],
+                      env_seed(cfg["seed"], rank, 0, 1))
 
     def save_checkpoint() -> None:
         checkpoint.save({"learner": learner.state_dict(), "replay": replay.state_dict(), "counters": counters,
+                         "demo_replay": demo_replay.state_dict() if demo_replay is not None else None,
                          "rng": checkpoint.rng_state(), "generator": generator.get_state(),
-                         "num_agents": agents, "dropped_steps": collector.dropped_steps},
+                         "num_agents": agents, "dropped_steps": collector.dropped_steps,
+                         "reward_range": list(collector.reward_range)},
                         run_dir, counters["env_steps"], rank, agents)
 
     logger = Logger(run_dir, cfg, ctx.is_main, cfg["train_steps"], counters["env_steps"])
@@ -98,9 +113,12 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
     started = time.perf_counter() - counters["time_s"]
 
     while counters["env_steps"] < cfg["train_steps"]:
-        # learning starts once seed_steps are done and every agent has a finished episode in replay
+        # learning starts once seed_steps are done and every agent has a finished episode in replay; the
+        # value map is fixed then, from the rewards seen so far on every agent
         if not counters["learning"] and counters["env_steps"] >= cfg["seed_steps"]:
-            counters["learning"] = all_agents(len(replay) > 0)
+            counters["learning"] = all_agents(len(replay) > 0 or demo_replay is not None)
+            if counters["learning"]:
+                learner.value_map = shared_value_map(cfg, task.max_reward_per_step, collector.reward_range)
 
         # act: random bins during the seed steps, then greedy decode plus exploration
         if counters["env_steps"] < cfg["seed_steps"]:
@@ -114,19 +132,22 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
         # learn: updates_per_step per env step after the seed steps; every agent makes the same number
         # of updates (they are collective through DDP)
         if counters["learning"]:
-            # once, when learning starts: offline updates on what replay holds (demos, seed steps), so the
-            # agents act on a policy learned from the demonstrations before they add their own data
-            counters["update_debt"] += cfg["pretrain_updates"] if not counters["pretrained"] else 0
+            if not counters["pretrained"] and demo_replay is not None:
+                # once, when learning starts: offline updates on the demonstrations alone, so the agents act
+                # on a policy learned from them before they add their own data
+                for left in range(cfg["pretrain_updates"], 0, -1):
+                    batch = demo_replay.sample(cfg["batch_size"], generator)
+                    stats = learner.update({k: v.to(device) for k, v in batch.items()}, scheduled=False)
+                    sums += torch.tensor([stats[k] for k in TRAIN_KEYS] + [1.0], dtype=torch.float64)
+                    if left % 100 == 0:  # a long run of updates with no env step: show it moving
+                        logger.progress(counters["env_steps"], refresh=True, updates_left=left)
             counters["pretrained"] = True
             counters["update_debt"] += num_envs * cfg["updates_per_step"]
             while counters["update_debt"] >= 1.0:
-                stats = learner.update({k: v.to(device) for k, v in replay.sample(cfg["batch_size"], generator).items()})
+                batch = sample_mixed(replay, demo_replay, cfg["batch_size"], cfg["demo_share"], generator)
+                stats = learner.update({k: v.to(device) for k, v in batch.items()})
                 sums += torch.tensor([stats[k] for k in TRAIN_KEYS] + [1.0], dtype=torch.float64)
                 counters["update_debt"] -= 1.0
-                if counters["update_debt"] >= 100 and learner.updates % 100 == 0:
-                    # a long run of updates with no env step (pretraining): show it moving, not a frozen bar
-                    # (the short runs between env steps would only make the bar flicker)
-                    logger.progress(counters["env_steps"], refresh=True, updates_left=int(counters["update_debt"]))
 
         counters["time_s"] = time.perf_counter() - started
         done = counters["env_steps"] >= cfg["train_steps"]
@@ -137,17 +158,18 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
             result = torch.tensor(evaluate(task, model, eval_envs, mine, cfg["bins"], eval_seed(cfg["seed"]), device),
                                   dtype=torch.float64)
             dist.all_reduce(result)
-            successes, returns, count = result.tolist()
+            successes, returns, count, reported = result.tolist()
+            learner.evaluated(returns / count)  # lr_schedule=plateau: rank 0 decides, every rank follows
             row = {**base, "time_s": round(counters["time_s"], 2), "eval/return": returns / count,
                    "eval/episodes": int(count)}
-            if task.has_success:
-                row["eval/success_rate"] = last_success = successes / count
+            if reported > 0:  # only envs that report info["success"] have a success rate
+                row["eval/success_rate"] = last_success = successes / reported
             logger.log(row)
             counters["next_eval"] += cfg["eval_every"]
         if counters["env_steps"] >= counters["next_log"] or done:
             logger.log({**base, "time_s": round(counters["time_s"], 2),
-                        **train_row(sums, collector.drain(), learner, agents, window, counters["env_steps"],
-                                   collector.dropped_steps)})
+                        **train_row(sums, *collector.drain(), learner, agents, window, counters["env_steps"],
+                                    collector.dropped_steps)})
             sums.zero_()
             window = {"start": time.perf_counter(), "steps": counters["env_steps"], "updates": learner.updates}
             counters["next_log"] += cfg["log_every"]
@@ -164,6 +186,17 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
     envs.close()
 
 
+def shared_value_map(cfg: dict, max_reward_per_step: float | None, reward_range: list[float]) -> ValueMap:
+    """The value map every agent uses: the suite's reward bound, else the reward range seen on any agent."""
+    if max_reward_per_step is not None:
+        low, high = 0.0, max_reward_per_step
+    else:
+        bounds = torch.tensor([-reward_range[0], reward_range[1]], dtype=torch.float64)
+        dist.all_reduce(bounds, op=dist.ReduceOp.MAX)
+        low, high = -bounds[0].item(), bounds[1].item()
+    return value_map(cfg["reward_scale"], cfg["discount"], low, high)
+
+
 def all_agents(flag: bool) -> bool:
     """True when `flag` holds on every agent."""
     value = torch.tensor([1.0 if flag else 0.0])
@@ -171,11 +204,14 @@ def all_agents(flag: bool) -> bool:
     return bool(value.item())
 
 
-def train_row(sums: torch.Tensor, episodes: list[tuple[float, float]], learner: Learner, agents: int,
-              window: dict, env_steps: int, dropped_steps: int = 0) -> dict:
-    """Training metrics of the last window: losses averaged over agents, episode stats per agent too."""
-    ep = torch.tensor([sum(r for r, _ in episodes), sum(s for _, s in episodes), len(episodes)], dtype=torch.float64)
-    mine = torch.cat([sums, torch.tensor([dropped_steps], dtype=torch.float64), ep])
+def train_row(sums: torch.Tensor, episodes: list[tuple[float, float]], rewards: torch.Tensor, learner: Learner,
+              agents: int, window: dict, env_steps: int, dropped_steps: int = 0) -> dict:
+    """Training metrics of the last window: losses averaged over agents, per-step rewards pooled over agents,
+    episode stats per agent too. `rewards` are the collector's reward sums (see Collector.reward_sums);
+    `dropped_steps` is this agent's count of transitions dropped for non-finite data, over the whole run."""
+    reported = [s for _, s in episodes if s == s]  # success is nan where the env does not report it
+    ep = torch.tensor([sum(r for r, _ in episodes), sum(reported), len(reported), len(episodes)], dtype=torch.float64)
+    mine = torch.cat([sums, torch.tensor([dropped_steps], dtype=torch.float64), rewards, ep])
     gathered = [torch.zeros_like(mine) for _ in range(agents)]
     dist.all_gather(gathered, mine)
     table = torch.stack(gathered)  # [agents, keys]
@@ -190,13 +226,25 @@ def train_row(sums: torch.Tensor, episodes: list[tuple[float, float]], learner: 
     row["train/skipped_steps"] = learner.skipped_steps
     row["train/dropped_steps"] = int(table[:, len(TRAIN_KEYS) + 1].sum().item())  # all agents, whole run
     row["train/lr"] = learner.optimizer.param_groups[0]["lr"]
-    ep_return, ep_success, ep_count = table[:, -3], table[:, -2], table[:, -1]
+    noisy, noisy_sq, clean, clean_sq, steps = table[:, len(TRAIN_KEYS) + 2:-4].sum(0).tolist()
+    if steps > 0:
+        row["train/reward_mean"], row["train/reward_std"] = mean_std(noisy, noisy_sq, steps)
+        row["train/clean_reward_mean"], row["train/clean_reward_std"] = mean_std(clean, clean_sq, steps)
+    ep_return, ep_success, ep_reported, ep_count = table[:, -4], table[:, -3], table[:, -2], table[:, -1]
     if ep_count.sum() > 0:
         row["train/episode_return"] = (ep_return.sum() / ep_count.sum()).item()
-        row["train/success_rate"] = (ep_success.sum() / ep_count.sum()).item()
+        if ep_reported.sum() > 0:
+            row["train/success_rate"] = (ep_success.sum() / ep_reported.sum()).item()
         row["train/episodes"] = int(ep_count.sum().item())
         for agent in range(agents):
             if ep_count[agent] > 0:
                 row[f"agent{agent}/episode_return"] = (ep_return[agent] / ep_count[agent]).item()
-                row[f"agent{agent}/success_rate"] = (ep_success[agent] / ep_count[agent]).item()
+            if ep_reported[agent] > 0:
+                row[f"agent{agent}/success_rate"] = (ep_success[agent] / ep_reported[agent]).item()
     return row
+
+
+def mean_std(total: float, total_sq: float, count: float) -> tuple[float, float]:
+    """Mean and (population) standard deviation from a sum, a sum of squares and a count."""
+    mean = total / count
+    return mean, math.sqrt(max(0.0, total_sq / count - mean * mean))  # rounding can make it a hair below 0

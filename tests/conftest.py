@@ -1,4 +1,4 @@
-"""Shared fixtures: the repository root and a subprocess runner for the real entry point."""
+"""Shared fixtures: the repository root, a subprocess runner for the real entry point, gloo process worlds."""
 from __future__ import annotations
 
 import os
@@ -33,3 +33,31 @@ def newest_checkpoint(run_dir: str | Path, rank: int) -> dict:
 @pytest.fixture
 def train():
     return run_train
+
+
+def _world_worker(rank: int, world_size: int, init_file: str, job, out_dir: str) -> None:
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    # A short timeout turns a deadlocked collective into a test failure instead of a hang.
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        torch.save(job(rank, world_size), f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def run_world(job, world_size: int, tmp_dir: Path, preload: tuple[str, ...] = ("torch",)) -> list:
+    """Run `job(rank, world_size)` in `world_size` gloo processes; return each rank's result (torch.save-able)."""
+    import torch
+    import torch.multiprocessing as mp
+
+    # Forked from a server that imported `preload` once: importing torch takes seconds per process.
+    mp.set_forkserver_preload(list(preload))
+    mp.start_processes(_world_worker, args=(world_size, str(tmp_dir / "init"), job, str(tmp_dir)),
+                       nprocs=world_size, start_method="forkserver")
+    return [torch.load(tmp_dir / f"rank{r}.pt") for r in range(world_size)]

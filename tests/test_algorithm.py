@@ -182,8 +182,9 @@ def test_loss_gradient_flows_into_q_only():
 # --------------------------------------------------------------------------------------------------
 # The learner's loss depends on the rewards (through the last dimension's target)
 
-LEARNER_CFG = {"lr": 1e-3, "weight_decay": 0.0, "lr_schedule": "constant", "lr_final": 0.1, "mc_lower_bound": True,
-               "conservative_weight": 0.5, "grad_clip": 10.0, "tau": 0.005, "double_q": True}
+LEARNER_CFG = {"lr": 1e-3, "weight_decay": 0.0, "lr_schedule": "constant", "lr_final": 0.1, "lr_scale": "none",
+               "num_agents": 1, "lr_plateau": {"factor": 0.5, "patience": 3}, "mc_lower_bound": True,
+               "conservative_weight": 0.5, "grad_clip": 10.0, "tau": 0.005, "double_q": True, "discount": 0.5}
 
 
 def _batch(nstep_return: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -197,6 +198,9 @@ def _batch(nstep_return: torch.Tensor) -> dict[str, torch.Tensor]:
         "bootstrap_discount": torch.tensor([0.5, 0.5, 0.0, 0.25]),
         "next_obs": next_obs,
         "mc_return": torch.zeros(4),
+        "steps": torch.ones(4, dtype=torch.long),
+        "to_end": torch.tensor([3, 2, 1, 4]),
+        "terminated": torch.tensor([False, False, True, False]),
         "successor": torch.tensor([2, -1, -1, -1]),
     }
 
@@ -263,19 +267,56 @@ def test_bin_index_round_trip_is_exact(bins):
 
 
 # --------------------------------------------------------------------------------------------------
-# reward_scale
+# ValueMap: returns of any scale and sign mapped into [0, 1], exactly, terminal states included
 
 
-def test_reward_scale_auto_metaworld():
-    # (1 - 0.98) / 20 = 0.001 (0.98 is not exact in binary, hence the relative tolerance)
-    assert algorithm.reward_scale("auto", 0.98, 20.0) == pytest.approx(0.001, rel=1e-12, abs=0)
+def test_value_map_auto_metaworld_is_the_old_reward_scale():
+    # rewards in [0, 20]: scale (1 - 0.98) / 20 = 0.001, nothing shifted (0.98 is not exact in binary)
+    vmap = algorithm.value_map("auto", 0.98, 0.0, 20.0)
+    assert vmap.scale == pytest.approx(0.001, rel=1e-12, abs=0) and vmap.low == 0.0 and vmap.terminal == 0.0
 
 
-def test_reward_scale_auto_gym_is_one():
-    assert algorithm.reward_scale("auto", 0.98, None) == 1.0
+def test_value_map_explicit_number_only_multiplies():
+    assert algorithm.value_map(3, 0.98, -5.0, 7.0) == algorithm.ValueMap(3.0, 0.0)
 
 
-def test_reward_scale_explicit():
-    scale = algorithm.reward_scale(3, 0.98, 20.0)
-    assert scale == 3.0 and isinstance(scale, float)
-    assert algorithm.reward_scale(0.25, 0.5, None) == 0.25
+def test_value_map_with_nothing_but_zeros_seen_assumes_unit_rewards():
+    assert algorithm.value_map("auto", 0.5, 0.0, 0.0) == algorithm.ValueMap(0.5, 0.0)  # span 1 / (1 - 0.5)
+
+
+def test_value_map_of_constant_positive_reward_with_terminations():
+    # reward 1 every step (InvertedPendulum), gamma 0.5: values in [0, 2], scale 1/2; falling (terminal) is 0
+    vmap = algorithm.value_map("auto", 0.5, 1.0, 1.0)
+    assert vmap == algorithm.ValueMap(0.5, 0.0) and vmap.terminal == 0.0
+
+
+def test_negative_rewards_and_termination_map_to_hand_computed_returns():
+    # Episode rewards [-2, -4], then a terminal state; gamma 0.5, n = 1. Range [-4, -2] -> values
+    # [-4 / 0.5, 0] = [-8, 0]: scale 1/8, low -8. Mapped reward r' = r/8 + 0.5 -> [0.25, 0]; terminal
+    # state 0 -> 1. Mapped values: V(s1) = 0 + 0.5 * 1 = 0.5 (= (-4 + 8) / 8), V(s0) = 0.25 + 0.5 * 0.5 = 0.5.
+    vmap = algorithm.value_map("auto", 0.5, -4.0, -2.0)
+    assert vmap == algorithm.ValueMap(0.125, -8.0) and vmap.terminal == 1.0
+    R, bootstrap, steps, mc = algorithm.nstep_returns(torch.tensor([-2.0, -4.0]), True, n=1, discount=0.5)
+    assert R.tolist() == [-2.0, -4.0] and bootstrap.tolist() == [0.5, 0.0] and mc.tolist() == [-4.0, -4.0]
+    # one-step targets: t=0 bootstraps (r'_0 = 0.25), t=1 ends in the terminal state (0 + 0.5 * 1)
+    assert vmap.returns(R, steps, bootstrap == 0, 0.5).tolist() == [0.25, 0.5]
+    # Monte-Carlo returns to the end (2 and 1 steps), both ending in the terminal state: V(s0), V(s1)
+    to_end = torch.tensor([2, 1])
+    assert vmap.returns(mc, to_end, torch.tensor([True, True]), 0.5).tolist() == [0.5, 0.5]
+    # truncated instead: the missing tail (>= 0 after the map) is dropped, a lower bound: 0.25 + 0.5 * 0, 0
+    assert vmap.returns(mc, to_end, torch.tensor([False, False]), 0.5).tolist() == [0.25, 0.0]
+
+
+def test_learner_targets_use_the_value_map():
+    torch.manual_seed(0)
+    model = QTransformer(obs_dim=3, action_dims=2, bins=5, dim=16, depth=1, heads=2)
+    learner = Learner(model, model, {**LEARNER_CFG, "mc_lower_bound": False}, total_updates=10)
+    batch = _batch(torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    q = model(batch["obs"], batch["bins"][:, :-1]).detach()
+    plain = learner.targets(batch, q)
+    learner.value_map = algorithm.ValueMap(2.0, -1.0)  # R' = 2 R + 2 (1 - 0.5^1) (+ 0.5^1 * 2 where terminated)
+    mapped = learner.targets(batch, q)
+    shift = torch.tensor([1.0, 1.0, 2.0, 1.0])  # row 2's window ends in the terminal state
+    expected_last = plain[:, -1] + batch["nstep_return"] + shift  # 2 R + shift + bootstrap value (unchanged)
+    torch.testing.assert_close(mapped[:, -1], expected_last, rtol=0, atol=1e-6)
+    assert torch.equal(mapped[:, 0], plain[:, 0])  # within a step nothing is mapped: the max is already a value

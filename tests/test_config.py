@@ -70,9 +70,25 @@ BAD = [
     (["train_steps=100", "seed_steps=200"], "seed_steps=200 is not allowed"),
     (["batch_size=512", "replay_size=256"], "batch_size=512 is not allowed with replay_size=256"),
     (["batch_size=16", "replay_size=50", "episode_length=100"], "replay_size=50 is not allowed with episode_length=100"),
+    # episode_length=auto is resolved from the task before it is checked (Pendulum's time limit: 200)
+    (["task=gym:Pendulum-v1", "episode_length=auto", "batch_size=16", "replay_size=50"],
+     "replay_size=50 is not allowed with episode_length=200"),
     (["discount=1", "reward_scale=auto"], "discount=1 is not allowed with reward_scale=auto"),
     (["task=mw-door-unlock", "action_repeat=2", "episode_length=300"], "episode_length=300 is not allowed"),
     (["resume=true"], "resume=true is not allowed"),  # nothing to resume: the run directory does not exist
+    (["lr_scale=log_n"], "lr_scale='log_n' is not allowed with num_agents=1"),  # lr * ln 1 = 0
+    # keys that came with reward noise, lr schedules, demo replay and the `auto` values
+    (["num_envs=-1"], "num_envs=-1 is not allowed"),
+    (["episode_length=sometimes"], "episode_length='sometimes' is not allowed"),
+    (["demo_share=2"], "demo_share=2 is not allowed"),
+    (["noise.std=-1"], "noise.std=-1 is not allowed"),
+    (["noise.reduce=mode"], "noise.reduce='mode' is not allowed"),
+    (["noise.reads=0"], "noise.reads=0 is not allowed"),
+    (["noise.agents=[1]"], "noise.agents=[1] is not allowed"),  # num_agents=1: rank 1 does not exist
+    (["lr_plateau.factor=1"], "lr_plateau.factor=1 is not allowed"),
+    (["lr_scale=bogus"], "lr_scale='bogus' is not allowed"),
+    (["wandb.tags=['']"], "wandb.tags=[''] is not allowed"),
+    (["+noise.foo=1"], "noise.foo=1 is not allowed"),
 ]
 
 # Put first so that a row's own override wins (hydra applies overrides in order). They shrink the run so
@@ -133,6 +149,21 @@ def test_num_agents_must_match_torchrun_world_size():
     (["train_steps=1000", "seed_steps=1001"], "seed_steps=1001 is not allowed"),
     (["faults.agents=[0,0]"], "faults.agents=[0, 0] is not allowed"),
     (["reward_scale=0"], "reward_scale=0 is not allowed"),
+    (["noise.std=-1"], "noise.std=-1 is not allowed: expected a number >= 0"),
+    (["noise.mean=nan"], "noise.mean=nan is not allowed: expected a number"),
+    (["noise.reads=0"], "noise.reads=0 is not allowed: expected an integer >= 1"),
+    (["noise.reads=1.5"], "noise.reads=1.5 is not allowed"),
+    (["noise.reduce=mode"], "noise.reduce='mode' is not allowed: expected one of median, mean"),
+    (["noise.agents=some"], "noise.agents='some' is not allowed: expected all or a list of distinct ranks"),
+    (["noise.agents=[1,1]"], "noise.agents=[1, 1] is not allowed"),
+    (["num_agents=2", "noise.agents=[2]"], "noise.agents=[2] is not allowed: expected ranks below num_agents=2"),
+    (["lr_schedule=cosine"], "lr_schedule='cosine' is not allowed: expected one of constant, linear, log, log_linear"),
+    (["lr_scale=inv"], "lr_scale='inv' is not allowed: expected one of none, inv_n, log_n, sqrt_n"),
+    (["num_agents=1", "lr_scale=log_n"], "lr_scale='log_n' is not allowed with num_agents=1"),
+    (["lr_plateau.factor=1"], "lr_plateau.factor=1 is not allowed: expected a number > 0, < 1"),
+    (["lr_plateau.patience=-1"], "lr_plateau.patience=-1 is not allowed: expected an integer >= 0"),
+    (["wandb.tags=[scaling,7]"], "wandb.tags=['scaling', 7] is not allowed"),
+    (["wandb.tags=scaling"], "wandb.tags='scaling' is not allowed"),
 ])
 def test_validate_rejects(overrides, message):
     with pytest.raises(ConfigError) as error:
@@ -148,6 +179,24 @@ def test_discount_one_with_auto_reward_scale_is_rejected():
     assert "discount=1" in str(error.value)
 
 
+def test_wandb_tags_are_a_list_of_strings():
+    assert validate(_compose())["wandb"]["tags"] == []
+    assert validate(_compose("wandb.tags=[scaling,cpu]"))["wandb"]["tags"] == ["scaling", "cpu"]
+
+
 def test_num_agents_explicit_outside_torchrun():
     cfg = validate(_compose("num_agents=3", "faults.agents=[2]", "aggregation=median"))
     assert cfg["num_agents"] == 3 and cfg["faults"]["agents"] == [2] and cfg["aggregation"] == "median"
+
+
+def test_noise_keys_accept_their_forms():
+    cfg = validate(_compose("num_agents=2", "noise.agents=[1]", "noise.std=10", "noise.reads=5", "noise.reduce=mean"))
+    assert cfg["noise"] == {"mean": 0, "std": 10, "agents": [1], "reads": 5, "reduce": "mean"}
+    assert validate(_compose())["noise"]["agents"] == "all"
+
+
+def test_lr_keys_accept_their_forms():
+    cfg = validate(_compose("num_agents=2", "lr_schedule=plateau", "lr_scale=log_n", "lr_plateau.factor=0.1",
+                            "lr_plateau.patience=0"))
+    assert (cfg["lr_schedule"], cfg["lr_scale"], cfg["lr_plateau"]) == ("plateau", "log_n", {"factor": 0.1, "patience": 0})
+    assert validate(_compose())["lr_scale"] == "none"

@@ -28,6 +28,10 @@ def test_two_metaworld_agents_end_identical_with_different_envs(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     first, second = _checkpoint(tmp_path, 0), _checkpoint(tmp_path, 1)
     assert first["learner"]["updates"] == second["learner"]["updates"] == 80  # 20 + (320 - 80) * 0.25
+    assert first["learner"]["scheduler"]["last_epoch"] == 60  # the LR schedule counts online updates only
+    # the demos (both envs finish their first episode together: 2 x 100 steps) are kept apart from the
+    # agents' own episodes (160 steps per env: one finished episode each)
+    assert first["demo_replay"]["transitions_added"] == 200 and first["replay"]["transitions_added"] == 200
     for part in ("model", "target"):
         for name, tensor in first["learner"][part].items():
             assert torch.equal(tensor, second["learner"][part][name]), f"{part}.{name} differs across ranks"

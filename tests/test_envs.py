@@ -20,7 +20,7 @@ def test_metaworld_task_spaces(door_unlock):
     assert door_unlock.name == "mw-door-unlock"
     assert (door_unlock.obs_dim, door_unlock.action_dim) == (39, 4)
     assert door_unlock.max_reward_per_step == 20.0  # 10 per env step x action_repeat 2
-    assert door_unlock.goals == 50 and door_unlock.has_success
+    assert door_unlock.goals == 50
     assert door_unlock.expert is not None
 
 
@@ -107,3 +107,20 @@ def test_demos_need_an_expert():
         check_task("gym:Pendulum-v1", demos=1)
     assert check_task("gym:Pendulum-v1", demos=0).obs_dim == 3
     assert check_task("mw-door-unlock", demos=1).expert is not None
+
+
+def test_reward_noise_is_drawn_once_per_agent_step_outside_action_repeat():
+    noise = {"mean": 0.0, "std": 1.0, "reads": 1, "reduce": "median"}
+    action = np.full((1, 1), 0.3, dtype=np.float32)
+    added = {}
+    for repeat in (1, 3):
+        task = make_task("gym:Pendulum-v1", action_repeat=repeat, episode_length=10)
+        noisy, clean = task.make_vector_env([5], noise=noise), task.make_vector_env([5])
+        noisy.reset(), clean.reset()
+        _, reward, *_, info = noisy.step(action)
+        _, clean_reward, *_ = clean.step(action)
+        assert info["clean_reward"][0] == clean_reward[0]  # the env's own reward, summed over the repeats
+        added[repeat] = reward[0] - clean_reward[0]
+        noisy.close(), clean.close()
+    # one draw per agent step from the sub-env's seed, however many env steps the agent step took
+    assert added[1] == pytest.approx(added[3], abs=1e-12) and added[1] != 0

@@ -11,7 +11,7 @@ import io
 import pytest
 import torch
 
-from dqt.replay import EpisodeReplay
+from dqt.replay import EpisodeReplay, sample_mixed
 
 
 def _episode(episode: int, T: int, rewards: list[float] | None = None):
@@ -56,6 +56,9 @@ def test_sampled_transitions_match_the_episode(terminated, bootstrap):
         assert batch["nstep_return"][i].item() == R[t]
         assert batch["bootstrap_discount"][i].item() == bootstrap[t]
         assert batch["mc_return"][i].item() == MC[t]
+        assert batch["steps"][i].item() == NEXT_T[t] - t
+        assert batch["to_end"][i].item() == 4 - t
+        assert batch["terminated"][i].item() == terminated
     assert seen == {0, 1, 2, 3}  # the final observation (t = 4) is never sampled as a transition
     assert batch["bins"].dtype == torch.long
 
@@ -104,11 +107,12 @@ def test_empty_replay_cannot_sample():
 
 
 def test_bytes_per_row():
-    # obs 39 x 4 bytes + bins 4 x uint8 + three float32 scalars + uint8 offset + bool = 156 + 4 + 12 + 1 + 1
+    # obs 39 x 4 bytes + bins 4 x uint8 + three float32 scalars + uint8 offset + int32 to_end + two bools
+    # = 156 + 4 + 12 + 1 + 4 + 2
     replay = EpisodeReplay(8, obs_dim=39, action_dims=4, bins=256, n_step=3, discount=0.98)
-    assert replay.bytes_per_row() == 174
+    assert replay.bytes_per_row() == 179
     # 257 bins no longer fit uint8: int16 bins, 4 x 2 bytes
-    assert EpisodeReplay(8, obs_dim=39, action_dims=4, bins=257, n_step=3, discount=0.98).bytes_per_row() == 178
+    assert EpisodeReplay(8, obs_dim=39, action_dims=4, bins=257, n_step=3, discount=0.98).bytes_per_row() == 183
 
 
 def test_state_dict_round_trip_gives_identical_samples():
@@ -172,3 +176,29 @@ def test_sampled_pairs_hold_the_bootstrap_state_as_a_transition():
     # every transition still turns up, partner rows included
     assert {(int(e), int(s)) for e, s in zip(episode[151:], t[151:])} == \
         {(1, s) for s in range(4)} | {(2, s) for s in range(9)}
+
+
+@pytest.mark.parametrize("share, from_demos", [(0.5, 8), (0.25, 4), (0.0, 0), (1.0, 16)])
+def test_mixed_batches_take_a_fixed_share_from_the_demos(share, from_demos):
+    online, demos = _replay(capacity=40), _replay(capacity=40)
+    for ep in (1, 2):
+        online.add_episode(*_episode(ep, 6), terminated=False)
+    demos.add_episode(*_episode(9, 6), terminated=True)
+    batch = sample_mixed(online, demos, 16, share, _gen(3))
+    episodes = (batch["obs"][:, 0] // 100).long()
+    assert (episodes == 9).sum().item() == from_demos and episodes[:from_demos].eq(9).all()
+    assert batch["terminated"].sum().item() == from_demos
+    # every pair still points at the row holding its bootstrap state, across the concatenation
+    for i, j in enumerate(batch["successor"].tolist()):
+        if j >= 0:
+            assert torch.equal(batch["obs"][j], batch["next_obs"][i])
+
+
+def test_mixed_batches_use_the_only_replay_that_holds_episodes():
+    online, demos = _replay(capacity=40), _replay(capacity=40)
+    demos.add_episode(*_episode(9, 6), terminated=False)
+    assert (sample_mixed(online, demos, 8, 0.5, _gen(0))["obs"][:, 0] // 100).eq(9).all()  # pretraining: demos only
+    online.add_episode(*_episode(1, 6), terminated=False)
+    assert (sample_mixed(online, None, 8, 0.5, _gen(0))["obs"][:, 0] // 100).eq(1).all()  # demos=0
+    empty = _replay(capacity=40)
+    assert (sample_mixed(online, empty, 8, 0.5, _gen(0))["obs"][:, 0] // 100).eq(1).all()

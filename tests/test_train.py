@@ -19,7 +19,7 @@ def test_resume_continues_the_run_and_a_run_is_never_overwritten(tmp_path):
     first = run_train(*TOY, "train_steps=200", f"hydra.run.dir={tmp_path}")
     assert first.returncode == 0, first.stderr[-3000:]
     saved = newest_checkpoint(tmp_path, 0)
-    assert saved["counters"]["env_steps"] == 200 and saved["learner"]["updates"] == 50  # 10 + (200 - 40) * 0.25
+    assert saved["counters"]["env_steps"] == 200 and saved["learner"]["updates"] == 40  # (200 - 40) * 0.25: pretraining needs demos
 
     again = run_train(*TOY, "train_steps=400", f"hydra.run.dir={tmp_path}")
     assert again.returncode == 2
@@ -28,12 +28,28 @@ def test_resume_continues_the_run_and_a_run_is_never_overwritten(tmp_path):
     resumed = run_train(*TOY, "train_steps=400", "resume=true", f"hydra.run.dir={tmp_path}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final = newest_checkpoint(tmp_path, 0)
-    assert final["counters"]["env_steps"] == 400 and final["learner"]["updates"] == 100  # 50 + 200 * 0.25, no second pretraining
+    assert final["counters"]["env_steps"] == 400 and final["learner"]["updates"] == 90  # 40 + 200 * 0.25
     assert final["replay"]["transitions_added"] == 400  # the first part's data was kept
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["env_steps"] for r in rows if "eval/return" in r] == [100, 200, 300, 400]
-    assert [r["updates"] for r in rows if "train/loss" in r] == [25, 50, 75, 100]
+    assert [r["updates"] for r in rows if "train/loss" in r] == [15, 40, 65, 90]
 
+
+
+def test_a_run_resumed_before_learning_starts_maps_values_from_all_rewards_seen(tmp_path):
+    # the value map of a gym: task is fixed when learning starts (after seed_steps), from the reward range
+    # seen so far: a checkpoint before then carries that range, so the resumed run gets the whole run's map
+    noisy = (*TOY, "threads=1", "noise.std=3.0", "seed_steps=100", "eval_every=200", "log_every=200")
+    whole = run_train(*noisy, "train_steps=200", f"hydra.run.dir={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    first = run_train(*noisy, "train_steps=100", f"hydra.run.dir={tmp_path / 'split'}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert newest_checkpoint(tmp_path / "split", 0)["learner"]["updates"] == 0  # learning had not started
+    second = run_train(*noisy, "train_steps=200", "resume=true", f"hydra.run.dir={tmp_path / 'split'}")
+    assert second.returncode == 0, second.stderr[-3000:]
+    expected = newest_checkpoint(tmp_path / "whole", 0)["learner"]["value_map"]
+    assert newest_checkpoint(tmp_path / "split", 0)["learner"]["value_map"] == expected
+    assert expected[1] < 0  # noisy rewards below 0 were seen: the map is not the default one
 
 def test_hydra_multirun_sweeps_start_one_job_per_combination(tmp_path):
     result = run_train("--multirun", *TOY, "train_steps=100", "seed=1,2", f"hydra.sweep.dir={tmp_path}")
@@ -65,3 +81,50 @@ def test_progress_bar_redraws_on_request_while_steps_stand_still(tmp_path, capsy
     logger.progress(0, refresh=True, updates_left=1800)
     assert "updates_left=1800" in capsys.readouterr().err
     logger.close()
+
+
+def test_noisy_rewards_are_logged_and_plateau_follows_the_eval_returns(tmp_path):
+    # threads=1: with two threads a tiny model's updates slow down fivefold when the cores are busy
+    result = run_train(*TOY, "threads=1", "train_steps=400", "eval_every=50", "log_every=50", "noise.std=3.0",
+                       "noise.mean=0.5", "lr_schedule=plateau", "lr_plateau.patience=0", "lr_plateau.factor=0.5",
+                       "lr_final=0.1", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "train/reward_mean" in r]
+    assert len(train) == 8
+    for r in train:
+        # one-step episodes: the clean per-step rewards are the episode returns, 0 or 1
+        assert r["train/clean_reward_mean"] == pytest.approx(r["train/episode_return"], abs=1e-12)
+        assert r["train/clean_reward_std"] <= 0.5 < 2.0 < r["train/reward_std"]
+    stored = sum(r["train/reward_mean"] for r in train) / len(train)  # 400 steps of N(0.5, 9) noise
+    clean = sum(r["train/clean_reward_mean"] for r in train) / len(train)
+    assert abs(stored - clean - 0.5) < 5 * 3.0 / 20
+
+    # evaluation is clean: 8 episodes of reward 0 or 1
+    assert all(float(r["eval/return"] * 8).is_integer() for r in rows if "eval/return" in r)
+
+    # plateau, patience 0: each evaluation without a new best return halves the lr, down to 0.1 of it
+    lr, best, expected = 1.0e-3, float("-inf"), []
+    for r in rows:
+        if "eval/return" in r:
+            if r["eval/return"] > best:
+                best = r["eval/return"]
+            else:
+                lr = max(lr * 0.5, 1.0e-4)
+            expected.append(lr)
+    assert [r["train/lr"] for r in train] == pytest.approx(expected, rel=1e-12)  # logged after each evaluation
+    assert len(set(expected)) > 1
+    saved = newest_checkpoint(tmp_path, 0)
+    assert saved["learner"]["optimizer"]["param_groups"][0]["lr"] == pytest.approx(expected[-1], rel=1e-12)
+
+
+def test_wandb_gets_the_configured_tags(tmp_path, monkeypatch):
+    import wandb
+
+    from dqt.logger import _start_wandb
+
+    seen = {}
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: seen.update(kwargs) or "run")
+    cfg = {"wandb": {"mode": "offline", "project": "dqt", "group": "scaling", "name": None, "tags": ["scaling"]}}
+    assert _start_wandb(cfg, tmp_path) == "run"
+    assert seen["tags"] == ["scaling"] and seen["group"] == "scaling"

@@ -12,10 +12,13 @@ CONFIG = Path(__file__).resolve().parents[2] / "conf" / "config.yaml"
 
 
 def default_config() -> dict:
-    """conf/config.yaml without the hydra section, as a plain dict."""
+    """conf/config.yaml without the hydra section, as a plain dict, `auto` values resolved for its task."""
+    from dqt.envs import auto_values
+
     cfg = OmegaConf.to_container(OmegaConf.load(CONFIG), resolve=False)
     cfg.pop("hydra", None)
     cfg.pop("defaults", None)
+    cfg.update({key: value for key, value in auto_values(cfg["task"]).items() if cfg[key] == "auto"})
     return cfg
 
 

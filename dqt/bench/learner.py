@@ -24,6 +24,7 @@ def main(argv: list[str]) -> None:
                         help="double-Q targets (costs one more 1-token forward of the online net)")
     args = parser.parse_args(argv)
     cfg["double_q"] = args.double_q == "true"
+    cfg["num_agents"] = 1  # one learner, no process group (the config's null means "decided at launch")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 

@@ -20,7 +20,6 @@ import time
 import numpy as np
 import torch
 
-from dqt.algorithm import reward_scale
 from dqt.bench.common import default_config
 from dqt.collector import Collector, explore
 from dqt.envs import env_seed, make_task
@@ -46,10 +45,9 @@ def main(argv: list[str]) -> None:
     bins = cfg["bins"]
     torch.manual_seed(0)  # the untrained policy, and so its trajectories, depend on these weights: fix them
     model = QTransformer(task.obs_dim, task.action_dim, bins, **cfg["model"])
-    scale = reward_scale("auto", cfg["discount"], task.max_reward_per_step)
     random_bins = dict(kind="eps", std=0.0, eps=1.0)
-    runs = {"random": (_TimedCollector(task, seeds, bins, cfg, scale), random_bins),
-            "policy": (_TimedCollector(task, seeds, bins, cfg, scale), cfg["explore"])}
+    runs = {"random": (_TimedCollector(task, seeds, bins, cfg), random_bins),
+            "policy": (_TimedCollector(task, seeds, bins, cfg), cfg["explore"])}
     generator, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
     vector_steps = max(1, args.steps // args.num_envs)
     env_steps = vector_steps * args.num_envs * cfg["action_repeat"]
@@ -92,11 +90,11 @@ def main(argv: list[str]) -> None:
 class _TimedCollector:
     """A Collector on its own vector env that also counts the seconds spent inside the simulator."""
 
-    def __init__(self, task, seeds: list[int], bins: int, cfg: dict, scale: float):
+    def __init__(self, task, seeds: list[int], bins: int, cfg: dict):
         envs = task.make_vector_env(seeds)
         replay = EpisodeReplay(cfg["replay_size"], task.obs_dim, task.action_dim, bins, cfg["n_step"],
                                cfg["discount"])
-        self.collector = Collector(envs, replay, bins, scale, cfg["episode_length"])
+        self.collector = Collector(envs, replay, bins, cfg["episode_length"])
         self.sim_seconds = 0.0
         step = envs.step
 

@@ -14,7 +14,7 @@ import gymnasium as gym
 import numpy as np
 
 from dqt.errors import ConfigError
-from dqt.envs.wrappers import ActionRepeat
+from dqt.envs.wrappers import ActionRepeat, RewardNoise
 
 MW_PREFIX, GYM_PREFIX = "mw-", "gym:"
 # Scripted experts whose class name does not follow Sawyer<TaskInCamelCase>V3Policy.
@@ -64,13 +64,18 @@ class Task:
     build: Callable[..., gym.Env]  # (seed, goals_seed=None) -> one wrapped env
     max_reward_per_step: float | None  # per agent step, when the suite bounds it (MetaWorld)
     goals: int | None = None  # number of fixed evaluation goals (MetaWorld MT1: 50)
-    has_success: bool = False
     expert: Callable[[], Callable[[np.ndarray], np.ndarray]] | None = None
 
-    def make_vector_env(self, seeds: list[int], goals_seed: int | None = None) -> gym.vector.SyncVectorEnv:
+    def make_vector_env(self, seeds: list[int], goals_seed: int | None = None,
+                        noise: dict | None = None) -> gym.vector.SyncVectorEnv:
         """One sub-env per seed, all drawing goals from one goal set (MetaWorld); finished sub-envs reset in
-        the same step (final obs in info)."""
-        return gym.vector.SyncVectorEnv([lambda s=s: self.build(s, goals_seed) for s in seeds],
+        the same step (final obs in info). `noise` (RewardNoise's mean, std, reads, reduce) wraps every
+        sub-env outside action repeat, so noise is drawn once per agent step, from the sub-env's seed."""
+        def build(seed: int) -> gym.Env:
+            env = self.build(seed, goals_seed)
+            return RewardNoise(env, **noise, seed=seed) if noise else env
+
+        return gym.vector.SyncVectorEnv([lambda s=s: build(s) for s in seeds],
                                         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
 
     def set_goal(self, env: gym.Env, goal: int) -> None:
@@ -78,6 +83,28 @@ class Task:
         tasks = env.get_wrapper_attr("tasks")
         env.get_wrapper_attr("toggle_sample_tasks_on_reset")(False)
         env.unwrapped.set_task(tasks[goal % len(tasks)])
+
+
+# Values of the `auto` keys. MetaWorld keeps the original study's: 2 env steps per agent step, 100 agent steps
+# (200 of MetaWorld's 500), 32 envs, one evaluation episode per goal. gym: tasks keep the env's own episode
+# (no action repeat, its time limit) so eval/return compares with published numbers, and fewer envs: replay
+# takes whole episodes, so 32 envs of 1000-step episodes would hold back 32,000 steps of data.
+METAWORLD_AUTO = {"action_repeat": 2, "episode_length": 100, "num_envs": 32, "eval_episodes": 50}
+GYM_AUTO = {"action_repeat": 1, "num_envs": 4, "eval_episodes": 10}
+GYM_DEFAULT_LIMIT = 1000  # for envs registered without a time limit
+
+
+def auto_values(name: str) -> dict:
+    """The values that `auto` stands for, per key, for task `name` (a gym: env is built once to read its limit)."""
+    if name.startswith(GYM_PREFIX):
+        try:
+            probe = gym.make(name[len(GYM_PREFIX):], disable_env_checker=True)
+        except Exception:
+            return {**GYM_AUTO, "episode_length": GYM_DEFAULT_LIMIT}  # make_task reports the error
+        limit = probe.spec.max_episode_steps if probe.spec is not None else None
+        probe.close()
+        return {**GYM_AUTO, "episode_length": limit or GYM_DEFAULT_LIMIT}
+    return dict(METAWORLD_AUTO)
 
 
 def _finish(env: gym.Env, action_repeat: int, episode_length: int) -> gym.Env:
@@ -116,7 +143,6 @@ def _metaworld_task(name: str, action_repeat: int, episode_length: int) -> Task:
         build=build,
         max_reward_per_step=10.0 * action_repeat,  # v2 rewards are in [0, 10] per env step
         goals=50,
-        has_success=True,
         expert=(lambda: expert_cls().get_action) if expert_cls else None,
     )
 
@@ -144,7 +170,6 @@ def _gym_task(env_id: str, action_repeat: int, episode_length: int) -> Task:
         action_dim=int(act_space.shape[0]),
         build=build,
         max_reward_per_step=None,
-        has_success=True,
     )
 
 

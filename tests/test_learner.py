@@ -1,0 +1,154 @@
+"""Tests of dqt.learner's learning rate: the schedules at hand-computed points, lr_scale, plateau cuts,
+resuming the scheduler, and one lr on every rank when rank 0's plateau decides."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import run_world
+from dqt import checkpoint
+from dqt.learner import Learner, make_scheduler
+
+T, FINAL = 100, 0.1
+LN4 = math.log(4)
+
+# (lr_schedule, N): {updates t: lr / initial lr} with T = 100 updates and lr_final = 0.1
+SCHEDULES = {
+    ("constant", 1): {0: 1.0, 50: 1.0, 100: 1.0},
+    ("constant", 4): {0: 1.0, 50: 1.0, 100: 1.0},
+    ("linear", 1): {0: 1.0, 10: 0.91, 50: 0.55, 100: 0.1, 120: 0.1},  # 1 - 0.9 t/T, then stays
+    ("linear", 4): {0: 1.0, 10: 0.91, 50: 0.55, 100: 0.1},  # N plays no part
+    ("log", 1): {0: 1.0, 50: 1.0, 100: 1.0},  # ln 1 = 0: constant
+    ("log", 4): {0: 1.0, 10: 1 / (1 + 0.1 * LN4), 50: 1 / (1 + math.log(2)), 100: 1 / (1 + LN4)},
+    ("log_linear", 1): {0: 1.0, 50: 1.0, 100: 1.0},
+    ("log_linear", 4): {10: 1 - 0.1 * LN4, 50: 1 - math.log(2), 60: 1 - 0.6 * LN4, 70: 0.1, 100: 0.1},  # 0.03 -> floor
+    ("n_linear", 1): {10: 0.9, 50: 0.5, 90: 0.1, 95: 0.1, 100: 0.1},  # 1 - t/T, floored at 0.1
+    ("n_linear", 4): {10: 0.6, 20: 0.2, 25: 0.1, 50: 0.1},  # 1 - 4 t/T
+}
+
+
+@pytest.mark.parametrize("kind, n", SCHEDULES, ids=[f"{k}-N{n}" for k, n in SCHEDULES])
+def test_schedule_lr_at_update_counts(kind, n):
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = make_scheduler(optimizer, kind, T, FINAL, n)
+    got = {}
+    for t in range(max(SCHEDULES[kind, n]) + 1):
+        got[t] = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+    for t, expected in SCHEDULES[kind, n].items():
+        assert got[t] == pytest.approx(expected, rel=1e-12), f"{kind} N={n} after {t} updates"
+
+
+def _learner(schedule: str = "constant", scale: str = "none", n: int = 1, lr: float = 1.0, patience: int = 3,
+             total: int = T) -> Learner:
+    cfg = {"lr": lr, "weight_decay": 0.0, "lr_schedule": schedule, "lr_final": FINAL, "lr_scale": scale,
+           "num_agents": n, "lr_plateau": {"factor": 0.5, "patience": patience}}
+    torch.manual_seed(0)
+    model = nn.Linear(2, 1)
+    return Learner(model, model, cfg, total)
+
+
+def test_lr_scale_with_four_agents():
+    lrs = {scale: _learner(scale=scale, n=4, lr=1e-3).optimizer.param_groups[0]["lr"]
+           for scale in ("none", "inv_n", "log_n", "sqrt_n")}
+    assert lrs == pytest.approx({"none": 1e-3, "inv_n": 2.5e-4, "log_n": 1.3862943611198906e-3, "sqrt_n": 2e-3})
+    learner = _learner("linear", "inv_n", n=4, lr=1e-3)
+    for _ in range(50):
+        learner.optimizer.step()
+        learner.scheduler.step()
+    assert learner.optimizer.param_groups[0]["lr"] == pytest.approx(2.5e-4 * 0.55)  # the schedule scales the scaled lr
+
+
+# evaluation returns, and the lr after each evaluation (patience 3, factor 0.5, floor 0.1 of lr 1.0)
+PLATEAU = [(1.0, 1.0), (2.0, 1.0), (2.0, 1.0), (1.0, 1.0), (0.5, 1.0),  # three without a higher return: kept
+           (2.0, 0.5),  # the fourth: cut (equal is no improvement)
+           (2.5, 0.5), (0, 0.5), (0, 0.5), (0, 0.5), (0, 0.25),  # a new best restarts the count
+           *[(0, 0.25)] * 3, (0, 0.125), *[(0, 0.125)] * 3, (0, 0.1), *[(0, 0.1)] * 4]  # 0.0625 -> floor 0.1
+
+
+def test_plateau_cuts_after_patience_evaluations_without_improvement():
+    learner = _learner("plateau")
+    for i, (value, lr) in enumerate(PLATEAU):
+        learner.evaluated(value)
+        assert learner.optimizer.param_groups[0]["lr"] == lr, f"evaluation {i}"
+
+
+@pytest.mark.parametrize("schedule", ["n_linear", "plateau"])
+def test_scheduler_state_survives_a_checkpoint(schedule, tmp_path):
+    def advance(learner: Learner, steps: range) -> list[float]:
+        lrs = []
+        for i in steps:
+            if schedule == "plateau":
+                learner.evaluated(PLATEAU[i][0])
+            else:
+                learner.optimizer.step()
+                learner.scheduler.step()
+            lrs.append(learner.optimizer.param_groups[0]["lr"])
+        return lrs
+
+    whole = advance(_learner(schedule, n=2), range(len(PLATEAU)))
+    first = _learner(schedule, n=2)
+    half = advance(first, range(8))
+    # written and loaded as the trainer writes and loads an agent's file (checkpoint.save adds the collective
+    # generation bookkeeping around _write)
+    checkpoint._write({"learner": first.state_dict()}, tmp_path / "agent0.pt")
+    resumed = _learner(schedule, n=2)
+    resumed.load_state_dict(checkpoint.load(tmp_path / "agent0.pt")["learner"])
+    assert half + advance(resumed, range(8, len(PLATEAU))) == whole
+    assert len(set(whole)) > 2  # the lr did move
+
+
+def _plateau_on_two_ranks(rank: int, world_size: int) -> list[float]:
+    # Rank 0 sees a worse second return and a better third; rank 1 the opposite. Only rank 0 decides.
+    returns = {0: [1.0, 0.0, 5.0], 1: [1.0, 5.0, 0.0]}[rank]
+    learner = _learner("plateau", patience=0, n=world_size)
+    lrs = []
+    for value in returns:
+        learner.evaluated(value)
+        lrs.append(learner.optimizer.param_groups[0]["lr"])
+    return lrs
+
+
+@pytest.mark.slow
+def test_plateau_lr_is_rank_zeros_on_every_rank(tmp_path):
+    ranks = run_world(_plateau_on_two_ranks, 2, tmp_path)
+    assert ranks[0] == ranks[1] == [1.0, 0.5, 0.5]
+
+
+@pytest.mark.parametrize("schedule", ["linear", "n_linear", "plateau"])
+def test_pretraining_updates_leave_every_schedule_where_it_is(schedule):
+    # Learner.update(scheduled=False), as pretraining calls it: the curves count online updates only, and
+    # plateau moves only on evaluations whatever the update
+    from dqt.model import QTransformer
+
+    torch.manual_seed(0)
+    model = QTransformer(obs_dim=3, action_dims=2, bins=5, dim=16, depth=1, heads=2)
+    cfg = {"lr": 1.0, "weight_decay": 0.0, "lr_schedule": schedule, "lr_final": FINAL, "lr_scale": "inv_n",
+           "num_agents": 2, "lr_plateau": {"factor": 0.5, "patience": 0}, "mc_lower_bound": True,
+           "conservative_weight": 0.5, "grad_clip": 10.0, "tau": 0.005, "double_q": True, "discount": 0.5}
+    learner = Learner(model, model, cfg, 10)
+    gen = torch.Generator().manual_seed(1)
+    batch = {"obs": torch.randn(4, 3, generator=gen), "bins": torch.randint(5, (4, 2), generator=gen),
+             "nstep_return": torch.rand(4, generator=gen), "bootstrap_discount": torch.full((4,), 0.5),
+             "next_obs": torch.randn(4, 3, generator=gen), "mc_return": torch.zeros(4),
+             "steps": torch.ones(4, dtype=torch.long), "to_end": torch.full((4,), 3),
+             "terminated": torch.zeros(4, dtype=torch.bool), "successor": torch.full((4,), -1)}
+
+    def lr() -> float:
+        return learner.optimizer.param_groups[0]["lr"]
+
+    for _ in range(5):
+        learner.update(batch, scheduled=False)
+    assert lr() == 0.5 and learner.updates == 5  # lr_scale inv_n with 2 agents, untouched by the schedule
+    learner.update(batch)
+    if schedule == "plateau":
+        assert lr() == 0.5  # an update never steps plateau
+        learner.evaluated(1.0), learner.evaluated(0.0)
+        assert lr() == 0.25
+    else:
+        # one online update of T = 10: linear 1 - 0.9 / 10, n_linear (N = 2) 1 - 2 / 10
+        assert lr() == pytest.approx(0.5 * {"linear": 0.91, "n_linear": 0.8}[schedule], rel=1e-12)
