@@ -134,17 +134,23 @@ def targets(next_dimension_value: torch.Tensor, next_state_value: torch.Tensor, 
     return y
 
 
-def loss(q: torch.Tensor, data_bins: torch.Tensor, y: torch.Tensor, conservative_weight: float):
+def loss(q: torch.Tensor, data_bins: torch.Tensor, y: torch.Tensor, conservative_weight: float,
+         conservative_rows: torch.Tensor | None = None):
     """Conservative Q-Transformer objective (Sec. 4.2, Eq. 2), averaged over dimensions and the batch.
 
-    q: [B, d, bins] online Q; data_bins: [B, d]; y: [B, d] targets (no gradient).
+    q: [B, d, bins] online Q; data_bins: [B, d]; y: [B, d] targets (no gradient); conservative_rows: [B]
+    bool, the rows the conservative term applies to (None: all).
       TD term:           1/2 (Q_i(s, a_{1:i}) - y_i)^2 on the data's bin
-      conservative term: 1/2 mean over the other bins b != a_i of (Q_i(s, a_{1:i-1}, b) - 0)^2
+      conservative term: 1/2 mean over the other bins b != a_i of (Q_i(s, a_{1:i-1}, b) - 0)^2, summed over
+                         the chosen rows and divided by B, so it weighs as their share of the batch
     Returns (total loss, TD loss, conservative loss, mean Q of data bins).
     """
     bins = q.shape[-1]
     q_data = q.gather(-1, data_bins.unsqueeze(-1)).squeeze(-1)
     td = 0.5 * (q_data - y.detach()).pow(2).mean()
     not_data = 1.0 - F.one_hot(data_bins, bins).to(q.dtype)
-    conservative = 0.5 * ((q.pow(2) * not_data).sum(-1) / (bins - 1)).mean()
+    per_row = 0.5 * ((q.pow(2) * not_data).sum(-1) / (bins - 1)).mean(-1)  # [B]
+    if conservative_rows is not None:
+        per_row = per_row * conservative_rows.to(q.dtype)
+    conservative = per_row.mean()
     return td + conservative_weight * conservative, td.detach(), conservative.detach(), q_data.detach().mean()

@@ -81,6 +81,11 @@ def _int_or_auto(lo: int):
     return (lambda v: v == "auto" or ok(v)), f"auto or {allowed}"
 
 
+def _float_or_auto(*args, **kwargs):
+    ok, allowed = _float(*args, **kwargs)
+    return (lambda v: v == "auto" or ok(v)), f"auto or {allowed}"
+
+
 def _reward_scale():
     return (lambda v: v == "auto" or (_is_number(v) and v > 0)), "auto or a number > 0"
 
@@ -129,11 +134,12 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "updates_per_step": _float(0, lo_open=True),
     "bins": _int(2, 65536),
     "n_step": _int(1),
-    "discount": _float(0, 1, lo_open=True),
+    "discount": _float_or_auto(0, 1, lo_open=True),
     "tau": _float(0, 1, lo_open=True),
     "double_q": _bool(),
     "mc_lower_bound": _bool(),
     "conservative_weight": _float(0),
+    "conservative_rows": _choice("demos", "all"),
     "model.dim": _int(1),
     "model.depth": _int(1),
     "model.heads": _int(1),
@@ -241,9 +247,6 @@ def validate(cfg: DictConfig, world_size: int | None = None) -> dict:
     elif plain["num_agents"] is None:
         plain["num_agents"] = 2
 
-    if plain["reward_scale"] == "auto" and plain["discount"] == 1:
-        raise ConfigError("discount=1 is not allowed with reward_scale=auto: the auto scale (1-discount)/r_max would "
-                          "zero every reward; set reward_scale to a number or discount < 1")
     n, faulty = plain["num_agents"], plain["faults"]["agents"]
     for key in ("faults", "noise"):
         ranks = plain[key]["agents"]
@@ -261,6 +264,9 @@ def validate(cfg: DictConfig, world_size: int | None = None) -> dict:
     for key, value in auto_values(plain["task"]).items():
         if plain[key] == "auto":
             plain[key] = value
+    if plain["reward_scale"] == "auto" and plain["discount"] == 1:
+        raise ConfigError("discount=1 is not allowed with reward_scale=auto: the value map divides by 1 - discount; "
+                          "set reward_scale to a number or discount < 1")
     if plain["batch_size"] > plain["replay_size"]:
         raise ConfigError(f"batch_size={plain['batch_size']} is not allowed with replay_size={plain['replay_size']}: "
                           "expected batch_size <= replay_size")

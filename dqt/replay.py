@@ -132,14 +132,17 @@ def sample_mixed(online: EpisodeReplay, demos: EpisodeReplay | None, batch_size:
 
     round(demo_share * batch_size) rows come from `demos` and the rest from `online`, so the agents' own data
     never washes the demonstrations out of the batch; all rows come from whichever replay is the only one
-    holding episodes. Each part keeps its own pairs (`successor` is shifted to the concatenated rows).
+    holding episodes. Each part keeps its own pairs (`successor` is shifted to the concatenated rows);
+    `demo` [B] marks the rows drawn from the demonstrations.
     """
     has_demos, has_online = demos is not None and len(demos) > 0, len(online) > 0
     from_demos = batch_size if not has_online else round(batch_size * demo_share) if has_demos else 0
     parts = [(replay, n) for replay, n in ((demos, from_demos), (online, batch_size - from_demos)) if n > 0]
     batches = [replay.sample(n, generator) for replay, n in parts]
+    demo = torch.arange(batch_size) < from_demos  # demo rows come first
     if len(batches) == 1:
-        return batches[0]
+        return {**batches[0], "demo": demo}
     first, second = batches
     shifted = torch.where(second["successor"] >= 0, second["successor"] + first["successor"].numel(), -1)
-    return {key: torch.cat([first[key], shifted if key == "successor" else second[key]]) for key in first}
+    return {**{key: torch.cat([first[key], shifted if key == "successor" else second[key]]) for key in first},
+            "demo": demo}

@@ -136,7 +136,7 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
                 # once, when learning starts: offline updates on the demonstrations alone, so the agents act
                 # on a policy learned from them before they add their own data
                 for left in range(cfg["pretrain_updates"], 0, -1):
-                    batch = demo_replay.sample(cfg["batch_size"], generator)
+                    batch = sample_mixed(replay, demo_replay, cfg["batch_size"], 1.0, generator)
                     stats = learner.update({k: v.to(device) for k, v in batch.items()}, scheduled=False)
                     sums += torch.tensor([stats[k] for k in TRAIN_KEYS] + [1.0], dtype=torch.float64)
                     if left % 100 == 0:  # a long run of updates with no env step: show it moving

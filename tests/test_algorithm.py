@@ -164,6 +164,16 @@ def test_conservative_term_is_zero_when_q_is_zero_off_data():
     assert total.item() == td.item()
 
 
+def test_conservative_term_on_chosen_rows_weighs_as_their_share_of_the_batch():
+    # the same per-row penalties as above; only row 1 chosen: its penalty summed, divided by B = 2
+    rows = torch.tensor([False, True])
+    per_row = [algorithm.loss(Q[i:i + 1], DATA_BINS[i:i + 1], Y[i:i + 1], 0.0)[2].item() for i in range(2)]
+    _, _, conservative, _ = algorithm.loss(Q, DATA_BINS, Y, 1.0, rows)
+    assert conservative.item() == per_row[1] / 2
+    assert algorithm.loss(Q, DATA_BINS, Y, 1.0, torch.tensor([False, False]))[2].item() == 0.0
+    assert algorithm.loss(Q, DATA_BINS, Y, 1.0, torch.tensor([True, True]))[2].item() == CONSERVATIVE
+
+
 def test_loss_gradient_flows_into_q_only():
     q = Q.clone().requires_grad_(True)
     y = Y.clone().requires_grad_(True)
@@ -184,7 +194,8 @@ def test_loss_gradient_flows_into_q_only():
 
 LEARNER_CFG = {"lr": 1e-3, "weight_decay": 0.0, "lr_schedule": "constant", "lr_final": 0.1, "lr_scale": "none",
                "num_agents": 1, "lr_plateau": {"factor": 0.5, "patience": 3}, "mc_lower_bound": True,
-               "conservative_weight": 0.5, "grad_clip": 10.0, "tau": 0.005, "double_q": True, "discount": 0.5}
+               "conservative_weight": 0.5, "grad_clip": 10.0, "tau": 0.005, "double_q": True, "discount": 0.5,
+               "conservative_rows": "all"}
 
 
 def _batch(nstep_return: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -202,6 +213,7 @@ def _batch(nstep_return: torch.Tensor) -> dict[str, torch.Tensor]:
         "to_end": torch.tensor([3, 2, 1, 4]),
         "terminated": torch.tensor([False, False, True, False]),
         "successor": torch.tensor([2, -1, -1, -1]),
+        "demo": torch.tensor([True, True, False, False]),
     }
 
 

@@ -124,3 +124,31 @@ def test_reward_noise_is_drawn_once_per_agent_step_outside_action_repeat():
         noisy.close(), clean.close()
     # one draw per agent step from the sub-env's seed, however many env steps the agent step took
     assert added[1] == pytest.approx(added[3], abs=1e-12) and added[1] != 0
+
+
+def test_auto_values_follow_the_suite():
+    from dqt.envs import auto_values
+
+    assert auto_values("mw-door-unlock") == {"action_repeat": 2, "episode_length": 100, "num_envs": 32,
+                                             "eval_episodes": 50, "discount": 0.98}
+    # gym: the env's own time limit (Pendulum-v1 registers 200), no action repeat
+    assert auto_values("gym:Pendulum-v1") == {"action_repeat": 1, "episode_length": 200, "num_envs": 4,
+                                              "eval_episodes": 10, "discount": 0.99}
+
+
+def test_success_is_reported_only_by_envs_that_report_it(door_unlock):
+    import torch
+
+    from dqt.collector import evaluate
+    from dqt.model import QTransformer
+
+    pendulum = make_task("gym:Pendulum-v1", action_repeat=2, episode_length=3)
+    env = pendulum.build(0)
+    env.reset(seed=0)
+    assert "success" not in env.step(np.zeros(1, dtype=np.float32))[4]  # ActionRepeat adds none of its own
+    model = QTransformer(pendulum.obs_dim, pendulum.action_dim, bins=3, dim=8, depth=1, heads=2)
+    successes, returns, count, reported = evaluate(pendulum, model, [pendulum.build(1)], [0, 1], 3, 0, torch.device("cpu"))
+    assert (successes, count, reported) == (0.0, 2, 0)
+    env = door_unlock.build(0)
+    env.reset()
+    assert env.step(np.zeros(4, dtype=np.float32))[4]["success"] == 0.0

@@ -188,6 +188,7 @@ def test_mixed_batches_take_a_fixed_share_from_the_demos(share, from_demos):
     episodes = (batch["obs"][:, 0] // 100).long()
     assert (episodes == 9).sum().item() == from_demos and episodes[:from_demos].eq(9).all()
     assert batch["terminated"].sum().item() == from_demos
+    assert batch["demo"].tolist() == [True] * from_demos + [False] * (16 - from_demos)
     # every pair still points at the row holding its bootstrap state, across the concatenation
     for i, j in enumerate(batch["successor"].tolist()):
         if j >= 0:

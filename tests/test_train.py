@@ -10,7 +10,7 @@ from conftest import newest_checkpoint, run_train
 pytestmark = pytest.mark.slow
 
 TOY = ("task=gym:toy_env:Combo-v0", "num_agents=1", "demos=0", "episode_length=1", "action_repeat=1", "bins=8",
-       "num_envs=4", "seed_steps=40", "batch_size=16", "model.dim=16", "model.depth=1", "model.heads=2",
+       "num_envs=4", "seed_steps=40", "batch_size=16", "updates_per_step=0.25", "model.dim=16", "model.depth=1", "model.heads=2",
        "pretrain_updates=10", "eval_every=100", "eval_episodes=8", "log_every=100", "checkpoint_every=100", "progress=false",
        "wandb.mode=disabled")
 

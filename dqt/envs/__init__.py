@@ -86,11 +86,13 @@ class Task:
 
 
 # Values of the `auto` keys. MetaWorld keeps the original study's: 2 env steps per agent step, 100 agent steps
-# (200 of MetaWorld's 500), 32 envs, one evaluation episode per goal. gym: tasks keep the env's own episode
-# (no action repeat, its time limit) so eval/return compares with published numbers, and fewer envs: replay
-# takes whole episodes, so 32 envs of 1000-step episodes would hold back 32,000 steps of data.
-METAWORLD_AUTO = {"action_repeat": 2, "episode_length": 100, "num_envs": 32, "eval_episodes": 50}
-GYM_AUTO = {"action_repeat": 1, "num_envs": 4, "eval_episodes": 10}
+# (200 of MetaWorld's 500), 32 envs, one evaluation episode per goal, discount 0.98. gym: tasks keep the env's
+# own episode (no action repeat, its time limit) so eval/return compares with published numbers, the usual
+# discount 0.99 (episodes of 1000 single env steps: with 0.98 a pole that falls after 300 steps is worth as
+# much as one that never falls), and fewer envs: replay takes whole episodes, so 32 envs of 1000-step
+# episodes would hold back 32,000 steps of data.
+METAWORLD_AUTO = {"action_repeat": 2, "episode_length": 100, "num_envs": 32, "eval_episodes": 50, "discount": 0.98}
+GYM_AUTO = {"action_repeat": 1, "num_envs": 4, "eval_episodes": 10, "discount": 0.99}
 GYM_DEFAULT_LIMIT = 1000  # for envs registered without a time limit
 
 
