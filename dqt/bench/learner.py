@@ -20,9 +20,11 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--batch-size", type=int, default=cfg["batch_size"])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the default run gives each agent 1)")
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--bins", type=int, default=cfg["bins"], help="bins per action dimension (the figures in the README: 256)")
     parser.add_argument("--double-q", choices=("true", "false"), default=str(cfg["double_q"]).lower(),
                         help="double-Q targets (costs one more 1-token forward of the online net)")
     args = parser.parse_args(argv)
+    cfg["bins"] = args.bins
     cfg["double_q"] = args.double_q == "true"
     cfg["num_agents"] = 1  # one learner, no process group (the config's null means "decided at launch")
     torch.set_num_threads(args.threads)

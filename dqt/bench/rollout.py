@@ -35,7 +35,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--steps", type=int, default=1600, help="agent steps per round (all sub-envs together)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--bins", type=int, default=cfg["bins"], help="bins per action dimension (the figures in the README: 256)")
     args = parser.parse_args(argv)
+    cfg["bins"] = args.bins
     torch.set_num_threads(args.threads)
 
     task = make_task(args.task, cfg["action_repeat"], cfg["episode_length"])
