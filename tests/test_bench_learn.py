@@ -1,0 +1,43 @@
+"""dqt-bench learn's summary: finals, CIs, steps to target and verdicts follow from hand-made metrics."""
+from __future__ import annotations
+
+import json
+import math
+
+from dqt.bench.learn import BENCHMARKS, mean_ci, summarise, table
+
+
+def _run(path, evals: list[tuple[int, float]], metric: str):
+    path.mkdir(parents=True)
+    rows = [{"env_steps": s, "eval/return": v if metric == "eval/return" else 0.0, metric: v, "time_s": s / 100}
+            for s, v in evals]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_mean_ci_is_the_t_interval():
+    mean, half = mean_ci([1.0, 2.0, 3.0])  # sd 1, n 3, t(0.975, 2) = 4.303
+    assert mean == 2.0 and half == 4.303 / math.sqrt(3)
+    assert math.isnan(mean_ci([5.0])[1])
+
+
+def test_door_unlock_needs_every_seed_final_and_no_fall_after_the_first_peak(tmp_path):
+    bench = BENCHMARKS["door-unlock"]
+    good = _run(tmp_path / "a", [(2000, 0.0), (4000, 0.92), (6000, 0.84), (8000, 0.96)], bench.metric)
+    fell = _run(tmp_path / "b", [(2000, 0.0), (4000, 0.90), (6000, 0.70), (8000, 0.94)], bench.metric)
+    summary = summarise(bench, {1: good})
+    assert summary["passed"] and summary["finals"] == [0.96] and summary["reached"] == [4000]
+    summary = summarise(bench, {1: good, 2: fell})
+    assert not summary["passed"]  # 0.70 after the first >= 0.9
+    assert summary["mean"] == 0.95 and summary["hits"] == 2
+
+
+def test_gym_targets_are_the_median_over_seeds(tmp_path):
+    bench = BENCHMARKS["inverted-pendulum"]
+    runs = {seed: _run(tmp_path / str(seed), [(10000, 500.0), (20000, final)], bench.metric)
+            for seed, final in ((1, 1000.0), (2, 960.0), (3, 100.0))}
+    summary = summarise(bench, runs)
+    assert summary["median"] == 960.0 and summary["passed"]
+    assert summary["reached"] == [20000, 20000, None] and summary["hits"] == 2
+    row = table({"inverted-pendulum": (bench, summary)}).splitlines()[-1]
+    assert "| 3 |" in row and "2/3: 20k, 20k, —" in row and row.endswith("| yes |")
