@@ -62,14 +62,17 @@ def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_newest(run_dir: str | Path, rank: int, world_size: int) -> tuple[dict, int]:
+def load_newest(run_dir: str | Path, rank: int, world_size: int, missing_ok: bool = False) -> tuple[dict | None, int]:
     """(this agent's state, step) from the newest generation that every agent can load; collective.
 
     Each agent checks its own file (size and sha256 against the manifest, then torch.load); a damaged
-    file is reported in one line and every agent moves to the previous complete generation.
+    file is reported in one line and every agent moves to the previous complete generation. With
+    `missing_ok`, a run without any complete generation gives (None, 0) instead of a RunError.
     """
     box = [[g.step for g in generations.complete(run_dir)] if rank == 0 else None]
     dist.broadcast_object_list(box, src=0)  # rank 0's list: every agent walks the same generations
+    if missing_ok and not box[0]:
+        return None, 0
     mine = {g.step: g for g in generations.complete(run_dir)}
     tried = []
     for step in box[0]:
@@ -96,7 +99,7 @@ def load_newest(run_dir: str | Path, rank: int, world_size: int) -> tuple[dict, 
                     if newer.step > step:
                         generations.abandon(newer)
             return state, step
-    raise RunError(f"resume=true: no checkpoint generation in {Path(run_dir) / generations.CHECKPOINT_DIR} is "
+    raise RunError(f"cannot resume: no checkpoint generation in {Path(run_dir) / generations.CHECKPOINT_DIR} is "
                    f"usable by all {world_size} agents (tried: {', '.join(tried) or 'none'})", every_agent=True)
 
 

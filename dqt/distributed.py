@@ -47,6 +47,11 @@ def under_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def restart_count() -> int:
+    """How often the elastic launcher (torchrun's `--max-restarts`, or `launch`) has restarted this worker group."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+
+
 def choose_device(requested: str, local_rank: int, local_world_size: int) -> tuple[torch.device, str]:
     """(device, backend): NCCL when every local rank has its own GPU, gloo on CPU otherwise."""
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0

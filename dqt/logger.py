@@ -22,6 +22,24 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def drop_rows_after(run_dir: str | Path, env_steps: int) -> None:
+    """Keep only metrics.jsonl's rows up to `env_steps` (a run resumed or restarted from there logs the later
+    steps again), and no line cut short by a killed process; the file is replaced atomically."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["env_steps"] <= env_steps:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            pass
+    tmp = path.with_name(f".{METRICS_FILE}.tmp{os.getpid()}")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+
+
 def plot_learning_curve(run_dir: str | Path) -> Path | None:
     """Write learning_curve.png (eval success rate and return against env steps per agent)."""
     rows = [r for r in read_metrics(run_dir) if "eval/return" in r]
@@ -54,7 +72,8 @@ def plot_learning_curve(run_dir: str | Path) -> Path | None:
 
 
 class Logger:
-    """Writes rows on rank 0 only; other ranks get a Logger that does nothing."""
+    """Writes rows on rank 0 only; other ranks get a Logger that does nothing. A run starting at
+    `initial_steps` (0, or the step it resumes from) first drops metrics.jsonl's rows after that step."""
 
     def __init__(self, run_dir: str, cfg: dict, enabled: bool, total_steps: int, initial_steps: int = 0):
         self.enabled = enabled
@@ -63,6 +82,7 @@ class Logger:
         self.bar = None
         if not enabled:
             return
+        drop_rows_after(self.run_dir, initial_steps)  # each step once, whether the run starts over or resumes
         self.file = open(self.run_dir / METRICS_FILE, "a", buffering=1)
         if cfg["wandb"]["mode"] != "disabled":
             self.wandb = _start_wandb(cfg, self.run_dir)

@@ -55,7 +55,8 @@ def _checked(task_cfg: DictConfig, run_dir: str) -> dict:
     """The validated config; on a bad value print its one line (once per node) and exit 2."""
     try:
         cfg = validate(task_cfg, _torchrun_world_size())
-        if int(os.environ.get("RANK", 0)) == 0:
+        # an elastic restart under torchrun runs this again, in the run directory its job has been writing
+        if int(os.environ.get("RANK", 0)) == 0 and not int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)):
             check_run_dir(cfg, run_dir)
         return cfg
     except ConfigError as error:

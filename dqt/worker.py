@@ -16,20 +16,36 @@ from dqt import aggregation, checkpoint, distributed
 from dqt.algorithm import ValueMap, value_map
 from dqt.collector import Collector, collect_demos, evaluate, explore
 from dqt.envs import env_seed, eval_seed, goals_seed, make_task
+from dqt.errors import EXIT_RUN, RunError
 from dqt.learner import Learner
 from dqt.logger import Logger
 from dqt.model import QTransformer, greedy_bins
 from dqt.replay import EpisodeReplay, sample_mixed
 
+STOPPED_FILE = "STOPPED"
 TRAIN_KEYS = ("train/loss", "train/td_loss", "train/conservative_loss", "train/q_data", "train/grad_norm")
 
 
-def run(cfg: dict, run_dir: str | None) -> None:
-    """Entry point of every agent process (torchrun, the elastic launcher, or in-process for one agent)."""
+def run(cfg: dict, run_dir: str) -> None:
+    """Entry point of every agent process (torchrun, the elastic launcher, or in-process for one agent).
+
+    An elastic restart resumes the run (see train). A RunError is recorded in run_dir/STOPPED: the restarts
+    of the same job then stop at once, as the same data or files would stop them again.
+    """
     ctx = distributed.setup(cfg["device"])
     try:
         with distributed.one_line_errors(ctx):
-            train(cfg, shared_run_dir(run_dir, ctx), ctx)
+            if ctx.is_main and not distributed.restart_count():  # a new job: an earlier job's record is stale
+                (Path(run_dir) / STOPPED_FILE).unlink(missing_ok=True)
+            run_dir = shared_run_dir(run_dir, ctx)  # collective: no agent gets further before the unlink
+            stopped = Path(run_dir) / STOPPED_FILE
+            if distributed.restart_count() and stopped.exists():
+                sys.exit(EXIT_RUN)  # the attempt that stopped has said why
+            try:
+                train(cfg, run_dir, ctx)
+            except RunError as error:
+                stopped.write_text(f"{error}\n")
+                raise
     finally:
         distributed.teardown()
 
@@ -83,8 +99,15 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
 
     counters = {"env_steps": 0, "update_debt": 0.0, "learning": False, "pretrained": False, "time_s": 0.0,
                 "next_eval": cfg["eval_every"], "next_log": cfg["log_every"], "next_checkpoint": cfg["checkpoint_every"]}
-    if cfg["resume"]:  # the newest generation every agent can load (train.py checked that one exists)
-        state, _ = checkpoint.load_newest(run_dir, rank, agents)
+    state, restart = None, distributed.restart_count()
+    if cfg["resume"] or restart:
+        # the newest generation every agent can load: resume=true needs one (train.py checked), an elastic
+        # restart starts over without one
+        state, step = checkpoint.load_newest(run_dir, rank, agents, missing_ok=not cfg["resume"])
+        if restart and ctx.is_main:
+            print(f"dqt: restart {restart}: " + (f"resuming from step {step}" if state is not None else
+                  "no complete checkpoint generation yet, starting over"), file=sys.stderr, flush=True)
+    if state is not None:
         learner.load_state_dict(state["learner"])
         replay.load_state_dict(state["replay"])
         if demo_replay is not None:

@@ -14,11 +14,23 @@ TESTS = Path(__file__).resolve().parent
 
 def run_train(*overrides: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m dqt.train overrides...` as a user would run it; tests/ is importable for toy envs."""
+    return subprocess.run([sys.executable, "-m", "dqt.train", *overrides], capture_output=True, text=True,
+                          timeout=timeout, env=_train_env(env), cwd=ROOT)
+
+
+def start_train(*overrides: str, stderr: Path, launcher: tuple[str, ...] = (), env: dict | None = None
+                ) -> subprocess.Popen:
+    """run_train without waiting, a test acts on the running job: `python [launcher] -m dqt.train overrides...`
+    (launcher: e.g. `-m torch.distributed.run ...`), its stderr to the file `stderr`."""
+    with open(stderr, "w") as err:
+        return subprocess.Popen([sys.executable, *launcher, "-m", "dqt.train", *overrides], stdout=subprocess.DEVNULL,
+                                stderr=err, env=_train_env(env), cwd=ROOT)
+
+
+def _train_env(env: dict | None) -> dict:
     full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
                 "WANDB_MODE": "disabled", **(env or {})}
-    full_env = {key: value for key, value in full_env.items() if value is not None}  # None: unset it
-    return subprocess.run([sys.executable, "-m", "dqt.train", *overrides], capture_output=True, text=True,
-                          timeout=timeout, env=full_env, cwd=ROOT)
+    return {key: value for key, value in full_env.items() if value is not None}  # None: unset it
 
 
 def newest_checkpoint(run_dir: str | Path, rank: int) -> dict:

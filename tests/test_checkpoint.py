@@ -84,6 +84,12 @@ def test_a_damaged_newest_file_is_reported_in_one_line_and_the_previous_generati
     assert [g.step for g in generations.complete(tmp_path)] == [100]
 
 
+def test_an_elastic_restart_without_a_complete_generation_starts_over(tmp_path, group):
+    assert checkpoint.load_newest(tmp_path, 0, 1, missing_ok=True) == (None, 0)
+    with pytest.raises(RunError, match=r"no checkpoint generation .* \(tried: none\)"):  # resume=true needs one
+        checkpoint.load_newest(tmp_path, 0, 1)
+
+
 def test_no_usable_generation_is_one_error(tmp_path, group, capfd):
     _save(tmp_path, 100)
     _truncate(tmp_path / "checkpoints" / "step_000000100" / "agent0.pt")
@@ -126,9 +132,9 @@ def test_two_agents_resume_together_from_the_previous_generation_when_one_file_i
     lines = [line for line in resumed.stderr.splitlines() if "unusable" in line]
     assert len(lines) == 1 and str(damaged) in lines[0], resumed.stderr
     assert "Traceback" not in resumed.stderr
-    # both agents went back to step 100: the resumed part evaluates at 200 again, then 300
+    # both agents went back to step 100: the resumed part evaluates at 200 again, which replaces the first row
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["env_steps"] for r in rows if "eval/return" in r] == [100, 200, 200, 300]
+    assert [r["env_steps"] for r in rows if "eval/return" in r] == [100, 200, 300]
     assert [g.step for g in generations.complete(tmp_path)] == [300, 200]
     for rank in (0, 1):
         assert generations.verify(generations.complete(tmp_path)[1], rank) is None  # step 200 was rewritten

@@ -1,13 +1,15 @@
-"""wandb without network: an online run falls back to an offline wandb run at once, and says so once."""
+"""metrics.jsonl holds each step once when a run resumes; wandb without network: an online run falls back to
+an offline wandb run at once, and says so once."""
 from __future__ import annotations
 
+import json
 import socket
 import time
 
 import pytest
 
 from conftest import run_train
-from dqt.logger import unreachable
+from dqt.logger import Logger, read_metrics, unreachable
 
 TOY = ("task=gym:toy_env:Combo-v0", "num_agents=1", "demos=0", "episode_length=1", "action_repeat=1", "bins=8",
        "num_envs=4", "seed_steps=40", "batch_size=16", "replay_size=1000", "model.dim=16", "model.depth=1",
@@ -19,6 +21,19 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]  # nothing listens once the socket is closed
+
+
+def test_a_resumed_run_drops_the_rows_it_will_log_again_and_a_line_cut_short(tmp_path):
+    rows = [{"env_steps": step, kind: 0.5} for step in (100, 200, 300) for kind in ("eval/return", "train/loss")]
+    cut = '{"env_steps": 400, "eval/ret'  # the last line of an agent killed while writing it
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + cut)
+    logger = Logger(str(tmp_path), {"wandb": {"mode": "disabled"}, "progress": False}, True, 400, initial_steps=200)
+    logger.log({"env_steps": 300, "eval/return": 1.0})
+    logger.file.close()
+    assert read_metrics(tmp_path) == rows[:4] + [{"env_steps": 300, "eval/return": 1.0}]
+    Logger(str(tmp_path), {"wandb": {"mode": "disabled"}, "progress": False}, True, 400).file.close()
+    assert read_metrics(tmp_path) == []  # a run that starts over
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]  # no temporary file left
 
 
 def test_probe_reports_a_closed_port_and_an_unknown_host_quickly():

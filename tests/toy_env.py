@@ -8,6 +8,8 @@ Registered as `toy_env:Combo-v0`, usable as `task=gym:toy_env:Combo-v0` with tes
 """
 from __future__ import annotations
 
+import time
+
 import gymnasium as gym
 import numpy as np
 
@@ -65,3 +67,18 @@ class BadCombo(Combo):
 gym.register("NaNReward-v0", entry_point=BadCombo)
 gym.register("NaNRewardAgent1-v0", entry_point=BadCombo, kwargs={"bad_seed": 1_000_006})
 gym.register("InfObs-v0", entry_point=BadCombo, kwargs={"bad": "obs"})
+
+
+class SlowCombo(Combo):
+    """Combo that takes `delay_s` per step: a run long enough for a test to act on it while it trains."""
+
+    def __init__(self, delay_s: float = 0.002):
+        super().__init__()
+        self.delay_s = delay_s
+
+    def step(self, action):
+        time.sleep(self.delay_s)
+        return super().step(action)
+
+
+gym.register("SlowCombo-v0", entry_point=SlowCombo)
