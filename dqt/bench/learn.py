@@ -14,6 +14,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -146,6 +147,8 @@ def main(argv: list[str]) -> None:
                                                           for r in read_metrics(run_dir)[-2:]):
                 print(f"{run_dir}: done, kept", file=sys.stderr)  # a stopped benchmark picks up where it was
                 continue
+            if run_dir.exists():  # cut off before its end: run it again from the start
+                shutil.rmtree(run_dir)
             run_dir.parent.mkdir(parents=True, exist_ok=True)
             # one core per agent: runs side by side must not fight over threads
             command = [sys.executable, "-m", "dqt.train", *bench.overrides, f"seed={seed}", "progress=false",
