@@ -41,3 +41,15 @@ def test_gym_targets_are_the_median_over_seeds(tmp_path):
     assert summary["reached"] == [20000, 20000, None] and summary["hits"] == 2
     row = table({"inverted-pendulum": (bench, summary)}).splitlines()[-1]
     assert "| 3 |" in row and "2/3: 20k, 20k, —" in row and row.endswith("| yes |")
+
+
+def test_a_run_is_finished_only_when_its_last_evaluation_is_at_train_steps(tmp_path):
+    from dqt.bench.learn import finished
+
+    run = _run(tmp_path / "r", [(2000, 0.5), (4000, 0.7)], "eval/success_rate")
+    assert not finished(run)  # no config: not a run dqt-train finished
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text("train_steps: 6000\n")
+    assert not finished(run)
+    (run / ".hydra" / "config.yaml").write_text("train_steps: 4000\n")
+    assert finished(run)

@@ -115,6 +115,17 @@ def table(results: dict[str, tuple[Benchmark, dict]]) -> str:
     return "\n".join(lines)
 
 
+def finished(run_dir: Path) -> bool:
+    """True when the run's last evaluation is at its train_steps."""
+    config = run_dir / ".hydra" / "config.yaml"
+    evals = [r for r in read_metrics(run_dir) if "eval/return" in r]
+    if not config.exists() or not evals:
+        return False
+    from omegaconf import OmegaConf
+
+    return evals[-1]["env_steps"] >= OmegaConf.load(config)["train_steps"]
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="dqt-bench learn", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -143,8 +154,7 @@ def main(argv: list[str]) -> None:
     while queue or running:
         while queue and (used + queue[0][0].agents <= (args.jobs or cores) or not running):
             bench, seed, run_dir = queue.pop(0)
-            if (run_dir / "metrics.jsonl").exists() and any("eval/return" in r and r.get("env_steps", 0) > 0
-                                                          for r in read_metrics(run_dir)[-2:]):
+            if finished(run_dir):
                 print(f"{run_dir}: done, kept", file=sys.stderr)  # a stopped benchmark picks up where it was
                 continue
             if run_dir.exists():  # cut off before its end: run it again from the start
