@@ -164,7 +164,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval_episodes": _int_or_auto(1),
     "log_every": _int(1),
     "checkpoint_every": _int(1),
-    "resume": _bool(),
+    "resume": ((lambda v: isinstance(v, bool) or v == "auto"), "true, false or auto"),
     "progress": _bool(),
     "device": _choice(*DEVICES),
     "threads": _int(1, nullable=True),

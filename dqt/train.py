@@ -6,11 +6,14 @@ processes itself through torch.distributed's elastic launcher (one agent runs in
 A bad command line is refused before anything is written: hydra's own errors (unknown key, unparsable
 override) and dqt's checks (dqt/config.py, `check_run_dir`) each give one line on stderr and exit code 2.
 dqt's checks run in a hydra callback, before hydra creates the run directory; torch is imported only
-once the config is accepted, so a refusal takes well under a second.
+once the config is accepted, so a refusal takes well under a second. With resume=auto (the study presets) a
+run whose final checkpoint generation is complete is skipped in one line, so a sweep started again after a
+stop carries on where it was.
 """
 from __future__ import annotations
 
 import copy
+import errno
 import os
 import re
 import shutil
@@ -31,19 +34,30 @@ from dqt.errors import EXIT_CONFIG
 
 def check_run_dir(cfg: dict, run_dir: str) -> None:
     """resume=true needs a complete checkpoint generation of as many agents; resume=false must not overwrite
-    a run's checkpoints."""
-    if cfg["resume"]:
-        found = generations.complete(run_dir)
-        if not found:
-            raise ConfigError(f"resume=true is not allowed: {run_dir} holds no complete checkpoint generation "
-                              f"({generations.CHECKPOINT_DIR}/step_*/ with {generations.MANIFEST}); pass "
-                              "hydra.run.dir=<the run to continue>")
-        if found[0].num_agents != cfg["num_agents"]:
-            raise ConfigError(f"resume=true is not allowed with num_agents={cfg['num_agents']}: the checkpoints in "
-                              f"{run_dir} were written by {found[0].num_agents} agents")
-    elif generations.holds_checkpoints(run_dir):
-        raise ConfigError(f"resume=false is not allowed: {run_dir} already holds checkpoints (pass resume=true to "
-                          "continue it, or another hydra.run.dir)")
+    a run's checkpoints; resume=auto continues a complete generation (of as many agents) when there is one."""
+    if cfg["resume"] is False:
+        if generations.holds_checkpoints(run_dir):
+            raise ConfigError(f"resume=false is not allowed: {run_dir} already holds checkpoints (pass resume=true "
+                              "to continue it, or another hydra.run.dir)")
+        return
+    found = generations.complete(run_dir)
+    if not found and cfg["resume"] is True:
+        raise ConfigError(f"resume=true is not allowed: {run_dir} holds no complete checkpoint generation "
+                          f"({generations.CHECKPOINT_DIR}/step_*/ with {generations.MANIFEST}); pass "
+                          "hydra.run.dir=<the run to continue>")
+    if found and found[0].num_agents != cfg["num_agents"]:
+        raise ConfigError(f"resume={str(cfg['resume']).lower()} is not allowed with num_agents={cfg['num_agents']}: "
+                          f"the checkpoints in {run_dir} were written by {found[0].num_agents} agents")
+
+
+def finished_at(cfg: dict, run_dir: str) -> int | None:
+    """The step of the run's final checkpoint generation if the run in `run_dir` has finished, else None.
+
+    The final generation is written after the last evaluation and is complete only once every agent's file
+    is on disk, so it is a surer sign of a finished run than the last row of metrics.jsonl.
+    """
+    found = generations.complete(run_dir)
+    return found[0].step if found and found[0].step >= cfg["train_steps"] else None
 
 
 def _torchrun_world_size() -> int | None:
@@ -51,18 +65,26 @@ def _torchrun_world_size() -> int | None:
     return int(os.environ["WORLD_SIZE"]) if "RANK" in os.environ and "WORLD_SIZE" in os.environ else None
 
 
-def _checked(task_cfg: DictConfig, run_dir: str) -> dict:
-    """The validated config; on a bad value print its one line (once per node) and exit 2."""
+def _checked(task_cfg: DictConfig, run_dir: str) -> dict | None:
+    """The validated config with resume=auto decided (true or false), or None when resume=auto finds the run
+    finished (said in one line); on a bad value print its one line (once per node) and exit 2."""
     try:
         cfg = validate(task_cfg, _torchrun_world_size())
         # an elastic restart under torchrun runs this again, in the run directory its job has been writing
         if int(os.environ.get("RANK", 0)) == 0 and not int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)):
             check_run_dir(cfg, run_dir)
-        return cfg
     except ConfigError as error:
         if int(os.environ.get("LOCAL_RANK", 0)) == 0:
             print(f"dqt: {error}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
+    if cfg["resume"] == "auto":  # every rank decides from the (shared) run directory: the agents agree
+        step = finished_at(cfg, run_dir)
+        if step is not None:
+            if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+                print(f"dqt: {run_dir} already finished at {step} steps, skipped", file=sys.stderr)
+            return None
+        cfg["resume"] = bool(generations.complete(run_dir))
+    return cfg
 
 
 class RefuseBadConfig(Callback):
@@ -72,7 +94,8 @@ class RefuseBadConfig(Callback):
         task_cfg = copy.deepcopy(config)
         with read_write(task_cfg), open_dict(task_cfg):
             del task_cfg["hydra"]
-        _checked(task_cfg, str(config.hydra.run.dir))
+        if _checked(task_cfg, str(config.hydra.run.dir)) is None:
+            sys.exit(0)  # resume=auto and the run has finished: leave its directory as it is, .hydra/ too
 
 
 # The configs live in the repository's top-level conf/ (the package is installed editable).
@@ -87,6 +110,8 @@ def hydra_main(raw: DictConfig) -> None:
     except SystemExit:
         _remove_if_unused(Path(run_dir))
         raise
+    if cfg is None:  # resume=auto, finished: a multirun goes on with its next job
+        return
     from dqt import distributed, worker  # torch, only for a config that was accepted
 
     if _torchrun_world_size() is not None or cfg["num_agents"] == 1:
@@ -127,6 +152,14 @@ def main() -> None:
         if user_wants_full_error:
             raise
         print(f"dqt: {_one_line(error, sys.argv[1:])}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    except OSError as error:
+        if error.errno != errno.ENAMETOOLONG or user_wants_full_error:
+            raise
+        # the study presets name a run's directory by its overrides: many of them make too long a name
+        print(f"dqt: {error.filename} is not allowed: a name in it is longer than the filesystem allows (a study "
+              "preset names each run's directory by its overrides; pass fewer, or hydra.sweep.subdir=${hydra.job.num} "
+              "to number the runs)", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
 
 

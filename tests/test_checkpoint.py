@@ -11,7 +11,7 @@ import torch.distributed as dist
 from conftest import run_train
 from dqt import checkpoint, generations
 from dqt.errors import ConfigError, RunError
-from dqt.train import check_run_dir
+from dqt.train import check_run_dir, finished_at
 
 
 @pytest.fixture
@@ -111,6 +111,21 @@ def test_check_run_dir_follows_the_generations(tmp_path, group):
         check_run_dir({"resume": True, "num_agents": 1}, str(tmp_path))
     with pytest.raises(ConfigError, match="resume=false is not allowed"):  # ... which is still not overwritten
         check_run_dir({"resume": False, "num_agents": 1}, str(tmp_path))
+
+
+def test_resume_auto_continues_a_complete_generation_and_knows_a_finished_run(tmp_path, group):
+    auto = {"resume": "auto", "num_agents": 1, "train_steps": 200}
+    check_run_dir(auto, str(tmp_path))  # nothing there: a new run
+    assert finished_at(auto, str(tmp_path)) is None
+    _save(tmp_path, 100)
+    check_run_dir(auto, str(tmp_path))  # a generation before train_steps: continue it
+    assert finished_at(auto, str(tmp_path)) is None
+    with pytest.raises(ConfigError, match="resume=auto is not allowed with num_agents=2: .* written by 1 agents"):
+        check_run_dir({**auto, "num_agents": 2}, str(tmp_path))
+    _save(tmp_path, 200)
+    assert finished_at(auto, str(tmp_path)) == 200
+    (tmp_path / "checkpoints" / "step_000000200" / "MANIFEST.json").unlink()  # cut off while writing it
+    assert finished_at(auto, str(tmp_path)) is None
 
 
 TOY = ("task=gym:toy_env:Combo-v0", "demos=0", "episode_length=1", "action_repeat=1", "bins=8", "num_envs=4",

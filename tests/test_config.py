@@ -164,6 +164,7 @@ def test_num_agents_must_match_torchrun_world_size():
     (["lr_plateau.patience=-1"], "lr_plateau.patience=-1 is not allowed: expected an integer >= 0"),
     (["wandb.tags=[scaling,7]"], "wandb.tags=['scaling', 7] is not allowed"),
     (["wandb.tags=scaling"], "wandb.tags='scaling' is not allowed"),
+    (["resume=maybe"], "resume='maybe' is not allowed: expected true, false or auto"),
 ])
 def test_validate_rejects(overrides, message):
     with pytest.raises(ConfigError) as error:
@@ -177,6 +178,10 @@ def test_discount_one_with_auto_reward_scale_is_rejected():
     with pytest.raises(ConfigError) as error:
         validate(_compose("reward_scale=auto", "discount=1"))
     assert "discount=1" in str(error.value)
+
+
+def test_resume_is_true_false_or_auto():
+    assert [validate(_compose(f"resume={value}"))["resume"] for value in ("true", "false", "auto")] == [True, False, "auto"]
 
 
 def test_wandb_tags_are_a_list_of_strings():

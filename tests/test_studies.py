@@ -12,6 +12,7 @@ import math
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.types import RunMode
+from omegaconf import OmegaConf
 
 from conftest import ROOT, run_train
 from test_train import TOY
@@ -47,7 +48,9 @@ def test_preset_composes_into_a_multirun_of_its_grid(study):
     assert len(str(params["seed"]).split(",")) == seeds
     agents = [int(n) for n in str(params.get("num_agents", cfg.num_agents)).split(",")]
     assert max(agents) == max_agents
-    assert cfg.hydra.sweep.dir.startswith(f"multirun/{study}/")
+    # started again after a stop, a study finds its runs where it left them (README: Studies)
+    assert cfg.hydra.sweep.dir == f"multirun/{study}" and cfg.resume == "auto"
+    assert OmegaConf.to_container(cfg.hydra.sweep)["subdir"] == "${hydra.job.override_dirname}"  # unresolved
     assert cfg.wandb.group == study and list(cfg.wandb.tags) == [study]
     if not study.endswith("_full"):
         assert cfg.train_steps <= 20000  # CPU scale: see the budget in the preset's comment
@@ -92,6 +95,23 @@ def test_every_cell_of_a_preset_validates_on_this_trainer(study):
             assert cfg["wandb"]["tags"] == [study]
 
 
+def test_a_run_directory_is_named_by_its_cell_and_seed_only():
+    # what the name leaves out does not change what is learned: a restart with other threads finds its runs
+    assert list(_compose().hydra.job.config.override_dirname.exclude_keys) == [
+        "study", *(key for key in report.IGNORED if key != "seed")]
+    names = [_compose("+study=noise", f"+defence={defence}", f"seed={seed}", "threads=1", "resume=auto",
+                      "wandb.mode=disabled").hydra.job.override_dirname
+             for defence in ("none", "median") for seed in (1, 2)]
+    assert names == ["+defence=none,seed=1", "+defence=none,seed=2", "+defence=median,seed=1", "+defence=median,seed=2"]
+
+
+def test_a_run_directory_name_too_long_for_the_filesystem_is_refused_in_one_line(tmp_path):
+    result = run_train("+study=scaling", *TOY, "seed=1", "train_steps=100", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line, no traceback
+    assert "longer than the filesystem allows" in result.stderr and "hydra.sweep.subdir=${hydra.job.num}" in result.stderr
+
+
 @pytest.mark.parametrize("defence, aggregation, reads", [
     ("none", "mean", 1), ("smoothing", "mean", 5), ("median", "median", 1), ("minority", "mean", 1),
     ("minority_trimmed", "trimmed_mean", 1),
@@ -116,7 +136,8 @@ def test_a_preset_sweeps_through_submitit(tmp_path):
     cluster); dqt-train starts its agents itself inside the job, and dqt-report reads the sweep."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     result = run_train("+study=scaling", "hydra/launcher=submitit_local", *TOY, "num_agents=1", "seed=1",
-                       "lr=0.001,0.0005", "train_steps=100", "threads=1", f"hydra.sweep.dir={tmp_path}", timeout=240)
+                       "lr=0.001,0.0005", "train_steps=100", "threads=1", f"hydra.sweep.dir={tmp_path}",
+                       "hydra.sweep.subdir=${hydra.job.num}", timeout=240)  # TOY's overrides: too long a name
     assert result.returncode == 0, result.stderr[-3000:]
     for job in ("0", "1"):
         rows = [json.loads(line) for line in (tmp_path / job / "metrics.jsonl").read_text().splitlines()]

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from conftest import newest_checkpoint, run_train
+from dqt import generations
 
 pytestmark = pytest.mark.slow
 
@@ -61,6 +62,37 @@ def test_hydra_multirun_sweeps_start_one_job_per_combination(tmp_path):
     for job in jobs:
         rows = [json.loads(line) for line in (tmp_path / job / "metrics.jsonl").read_text().splitlines()]
         assert rows[-1]["env_steps"] == 100
+
+
+def test_a_sweep_started_again_skips_finished_runs_and_continues_a_cut_off_one(tmp_path):
+    sweep = ("--multirun", *TOY, "threads=1", "train_steps=200", "resume=auto", "seed=1,2",
+             f"hydra.sweep.dir={tmp_path}")
+    first = run_train(*sweep)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert [g.step for g in generations.complete(tmp_path / "1")] == [200, 100]
+    finished = {path: path.read_bytes() for path in (tmp_path / "0").rglob("*") if path.is_file()
+                and ".hydra" not in path.parts}
+    # job 1 is cut off while it writes its final generation: its rows at step 200 are logged, the generation
+    # is not complete, so step 100's is the newest
+    (generations.generation_dir(tmp_path / "1", 200) / generations.MANIFEST).unlink()
+
+    again = run_train(*sweep)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"dqt: {tmp_path / '0'} already finished at 200 steps, skipped" in again.stderr.splitlines()
+    assert "unusable" not in again.stderr and "Traceback" not in again.stderr
+    assert {path: path.read_bytes() for path in finished} == finished  # job 0: metrics and checkpoints untouched
+    resumed = newest_checkpoint(tmp_path / "1", 0)
+    assert resumed["counters"]["env_steps"] == 200 and resumed["learner"]["updates"] == 40
+    evals = [json.loads(line)["env_steps"] for line in (tmp_path / "1" / "metrics.jsonl").read_text().splitlines()
+             if "eval/return" in line]
+    assert evals.count(100) == 1 and evals[-1] == 200  # continued from step 100, not started again
+
+    # a single run is skipped before hydra rewrites anything, .hydra/ included
+    record = (tmp_path / "0" / ".hydra" / "overrides.yaml").read_bytes()
+    single = run_train(*TOY, "train_steps=200", "resume=auto", f"hydra.run.dir={tmp_path / '0'}")
+    assert single.returncode == 0 and single.stderr.strip().splitlines() == [
+        f"dqt: {tmp_path / '0'} already finished at 200 steps, skipped"], single.stderr
+    assert (tmp_path / "0" / ".hydra" / "overrides.yaml").read_bytes() == record
 
 
 def test_wandb_offline_run_needs_no_key_or_network(tmp_path):
