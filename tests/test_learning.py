@@ -14,7 +14,7 @@ def test_toy_env_needing_joint_dimensions_is_learned(tmp_path):
     result = run_train(
         "task=gym:toy_env:Combo-v0", "num_agents=1", "demos=0", "bins=4", "episode_length=1", "action_repeat=1",
         "num_envs=8", "train_steps=2400", "seed_steps=200", "pretrain_updates=0", "updates_per_step=0.5", "batch_size=128",
-        "model.dim=32", "model.depth=1", "model.heads=2", "discount=0.9", "conservative_weight=0.5", "lr_schedule=constant",
+        "model.dim=32", "model.depth=1", "model.heads=2", "discount=0.9", "conservative_weight=0.5", "conservative_rows=all", "lr_schedule=constant",
         "explore.kind=eps", "explore.eps=0.3", "eval_every=1200", "eval_episodes=200", "checkpoint_every=100000",
         "wandb.mode=disabled", "progress=false", f"hydra.run.dir={tmp_path}",
     )
