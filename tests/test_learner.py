@@ -129,14 +129,16 @@ def test_pretraining_updates_leave_every_schedule_where_it_is(schedule):
     model = QTransformer(obs_dim=3, action_dims=2, bins=5, dim=16, depth=1, heads=2)
     cfg = {"lr": 1.0, "weight_decay": 0.0, "lr_schedule": schedule, "lr_final": FINAL, "lr_scale": "inv_n",
            "num_agents": 2, "lr_plateau": {"factor": 0.5, "patience": 0}, "mc_lower_bound": True,
-           "conservative_weight": 0.5, "grad_clip": 10.0, "tau": 0.005, "double_q": True, "discount": 0.5}
+           "conservative_weight": 0.5, "conservative_rows": "demos", "grad_clip": 10.0, "tau": 0.005, "double_q": True,
+           "discount": 0.5}
     learner = Learner(model, model, cfg, 10)
     gen = torch.Generator().manual_seed(1)
     batch = {"obs": torch.randn(4, 3, generator=gen), "bins": torch.randint(5, (4, 2), generator=gen),
              "nstep_return": torch.rand(4, generator=gen), "bootstrap_discount": torch.full((4,), 0.5),
              "next_obs": torch.randn(4, 3, generator=gen), "mc_return": torch.zeros(4),
              "steps": torch.ones(4, dtype=torch.long), "to_end": torch.full((4,), 3),
-             "terminated": torch.zeros(4, dtype=torch.bool), "successor": torch.full((4,), -1)}
+             "terminated": torch.zeros(4, dtype=torch.bool), "successor": torch.full((4,), -1),
+             "demo": torch.ones(4, dtype=torch.bool)}
 
     def lr() -> float:
         return learner.optimizer.param_groups[0]["lr"]
