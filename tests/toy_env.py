@@ -82,3 +82,39 @@ class SlowCombo(Combo):
 
 
 gym.register("SlowCombo-v0", entry_point=SlowCombo)
+
+
+class Drift(gym.Env):
+    """Episodes of many steps that draw from the env's own RNG at every step: a point pushed by the action
+    towards a goal drawn at reset, with wind and observation noise from `np_random` and a step counter in the
+    observation; reaching the goal ends the episode with success. For exact-resume tests: episodes are in
+    progress at any checkpoint, and the env's RNG, position and counter are state a resume must carry over.
+    `delay_s` per step makes a run long enough for a test to act on it while it trains."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (5,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    def __init__(self, delay_s: float = 0.0):
+        super().__init__()
+        self.delay_s = delay_s
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.goal, self.pos, self.t = self.np_random.uniform(-1.0, 1.0, 2), np.zeros(2), 0
+        return self._obs(), {}
+
+    def step(self, action):
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        self.t += 1
+        self.pos = self.pos + 0.3 * np.asarray(action, dtype=np.float64) + self.np_random.normal(0.0, 0.05, 2)
+        distance = float(np.linalg.norm(self.pos - self.goal))
+        return self._obs(), -distance, distance < 0.3, False, {"success": float(distance < 0.3)}
+
+    def _obs(self) -> np.ndarray:
+        seen = self.pos + self.np_random.normal(0.0, 0.01, 2)
+        return np.concatenate([seen, self.goal, [self.t / 10]]).astype(np.float32)
+
+
+gym.register("Drift-v0", entry_point=Drift)
+gym.register("SlowDrift-v0", entry_point=Drift, kwargs={"delay_s": 0.002})
