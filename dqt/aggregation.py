@@ -138,6 +138,16 @@ class AggregationState:
             cached = self._scratch[bucket.index()] = buffer.new_empty(numel)
         return cached
 
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps: the noise generator's state (None until a faulty rank first draws)."""
+        return {"generator": self._generator.get_state() if self._generator is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()`: the noise continues where the checkpointed run left it."""
+        if state["generator"] is not None:
+            self._generator = torch.Generator()
+            self._generator.set_state(state["generator"])
+
     def inject_fault_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Corrupt ``tensor`` in place if this rank is a faulty agent; return it."""
         if self.fault is None:

@@ -7,6 +7,7 @@ import torch
 
 from dqt.algorithm import from_bins, to_bins
 from dqt.envs import Task
+from dqt.envs.snapshot import SnapshotError, mismatch, restore, snapshot
 from dqt.errors import RunError
 from dqt.model import greedy_bins
 from dqt.replay import EpisodeReplay
@@ -116,6 +117,57 @@ class Collector:
         raise RunError(f"{self.name}, sub-env {i} returned {what} at its step {self.steps}; non-finite data never "
                        "enters replay, so the run stops (bad_data=drop drops such episodes and counts them in "
                        "train/dropped_steps)")
+
+    def state_dict(self) -> dict:
+        """Counters, the reward range, what `drain` has not yet handed out and, when every sub-env can be
+        snapshotted (dqt.envs.snapshot), the episodes in progress with their envs' state; else `episodes` is
+        None and `why` says which attribute of which env could not be saved."""
+        state = {"steps": self.steps, "dropped_steps": self.dropped_steps, "reward_range": list(self.reward_range),
+                 "finished": list(self.finished), "reward_sums": torch.from_numpy(self.reward_sums.copy()),
+                 "episodes": None, "why": None}
+        try:
+            envs = [snapshot(env) for env in self.envs.envs]
+        except SnapshotError as error:
+            state["why"] = str(error)
+            return state
+        state["episodes"] = {
+            "envs": envs, "obs": self.obs.clone(), "ep_obs": self.ep_obs.clone(), "ep_bins": self.ep_bins.clone(),
+            "ep_rewards": self.ep_rewards.clone(), "ep_length": self.ep_length.clone(),
+            "ep_success": torch.from_numpy(self.ep_success.copy()),
+            "ep_clean_return": torch.from_numpy(self.ep_clean_return.copy()),
+            "tainted": torch.from_numpy(self.tainted.copy())}
+        return state
+
+    def load_state_dict(self, state: dict) -> str | None:
+        """Restore `state_dict()` into a collector whose envs were just built and reset. Returns None when the
+        episodes in progress continue exactly, else why the envs start fresh episodes instead."""
+        self.steps, self.dropped_steps = state["steps"], state["dropped_steps"]
+        self.reward_range = list(state["reward_range"])
+        self.finished = [tuple(pair) for pair in state["finished"]]
+        self.reward_sums = state["reward_sums"].numpy().copy()
+        episodes = state["episodes"]
+        if episodes is None:
+            return state["why"]
+        if len(episodes["envs"]) != self.num_envs or episodes["ep_obs"].shape != self.ep_obs.shape:
+            return (f"the checkpoint holds {len(episodes['envs'])} envs' episodes of shape "
+                    f"{tuple(episodes['ep_obs'].shape[1:])}, this run has {self.num_envs} of "
+                    f"{tuple(self.ep_obs.shape[1:])}")
+        for env, saved in zip(self.envs.envs, episodes["envs"]):
+            problem = mismatch(env, saved)  # changes nothing: the envs still hold the fresh episodes
+            if problem:
+                return problem
+        for i, (env, saved) in enumerate(zip(self.envs.envs, episodes["envs"])):
+            try:
+                restore(env, saved)
+            except SnapshotError as error:  # half restored: no env to continue with
+                raise RunError(f"{self.name}: cannot restore sub-env {i} from the checkpoint: {error}")
+        self.obs = episodes["obs"].clone()
+        for key in ("ep_obs", "ep_bins", "ep_rewards", "ep_length"):
+            setattr(self, key, episodes[key].clone())
+        self.ep_success = episodes["ep_success"].numpy().copy()
+        self.ep_clean_return = episodes["ep_clean_return"].numpy().copy()
+        self.tainted = episodes["tainted"].numpy().copy()
+        return None
 
     def drain(self) -> tuple[list[tuple[float, float]], torch.Tensor]:
         """Since the last call: finished episodes' (clean raw return, success or nan where the env does not

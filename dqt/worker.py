@@ -83,8 +83,10 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
     ddp = DDP(model, device_ids=[device] if device.type == "cuda" else None)
     faults = aggregation.FaultSpec(tuple(cfg["faults"]["agents"]), cfg["faults"]["kind"], cfg["faults"]["magnitude"],
                                    seed=cfg["seed"])
+    hooks = None
     if cfg["aggregation"] != "mean" or faults.agents:
-        aggregation.register(ddp, cfg["aggregation"], cfg["aggregation_trim"], faults if faults.agents else None)
+        hooks = aggregation.register(ddp, cfg["aggregation"], cfg["aggregation_trim"],
+                                     faults if faults.agents else None)
     warning = aggregation.check_fault_tolerance(cfg["aggregation"], agents, cfg["aggregation_trim"], len(faults.agents))
     if warning and ctx.is_main:
         print(f"dqt: warning: {warning}", file=sys.stderr)
@@ -113,11 +115,21 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
         if demo_replay is not None:
             demo_replay.load_state_dict(state["demo_replay"])
         counters.update(state["counters"])
-        collector.dropped_steps = state.get("dropped_steps", 0)
-        # the rewards seen so far: a run resumed before learning starts still maps values from all of them
-        collector.reward_range = list(state.get("reward_range", collector.reward_range))
+        # the episodes in progress and every sub-env's state, when the envs can be snapshotted; the rewards
+        # seen so far either way (a run resumed before learning starts still maps values from all of them)
+        if "collector" in state:
+            why = collector.load_state_dict(state["collector"])
+        else:  # written before checkpoints held the collector
+            collector.dropped_steps = state.get("dropped_steps", 0)
+            collector.reward_range = list(state.get("reward_range", collector.reward_range))
+            why = "the checkpoint was written by a dqt that did not save them"
+        if why and ctx.is_main:
+            print(f"dqt: the envs start fresh episodes at step {step}, so the resumed run is not the uninterrupted "
+                  f"one: {why}", file=sys.stderr, flush=True)
         checkpoint.set_rng_state(state["rng"])
         generator.set_state(state["generator"])
+        if hooks is not None and state.get("aggregation") is not None:
+            hooks.load_state_dict(state["aggregation"])
     elif demo_replay is not None:
         collect_demos(collector, demo_replay, task.expert, cfg["demos"], cfg["demo_noise"],
                       env_seed(cfg["seed"], rank, 0, 1))
@@ -126,13 +138,17 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
         checkpoint.save({"learner": learner.state_dict(), "replay": replay.state_dict(), "counters": counters,
                          "demo_replay": demo_replay.state_dict() if demo_replay is not None else None,
                          "rng": checkpoint.rng_state(), "generator": generator.get_state(),
-                         "num_agents": agents, "dropped_steps": collector.dropped_steps,
-                         "reward_range": list(collector.reward_range)},
+                         "num_agents": agents, "collector": collector.state_dict(),
+                         "accumulators": {"sums": sums.clone(), "last_success": last_success},
+                         "aggregation": hooks.state_dict() if hooks is not None else None},
                         run_dir, counters["env_steps"], rank, agents)
 
     logger = Logger(run_dir, cfg, ctx.is_main, cfg["train_steps"], counters["env_steps"])
     window = {"start": time.perf_counter(), "steps": counters["env_steps"], "updates": learner.updates}
+    # the training metrics of the current log window: a checkpoint between two rows carries them over
     sums, last_success = torch.zeros(len(TRAIN_KEYS) + 1, dtype=torch.float64), float("nan")
+    if state is not None and "accumulators" in state:
+        sums, last_success = state["accumulators"]["sums"].clone(), state["accumulators"]["last_success"]
     started = time.perf_counter() - counters["time_s"]
 
     while counters["env_steps"] < cfg["train_steps"]:

@@ -18,13 +18,14 @@ def run_train(*overrides: str, timeout: float = 300, env: dict | None = None) ->
                           timeout=timeout, env=_train_env(env), cwd=ROOT)
 
 
-def start_train(*overrides: str, stderr: Path, launcher: tuple[str, ...] = (), env: dict | None = None
-                ) -> subprocess.Popen:
+def start_train(*overrides: str, stderr: Path, launcher: tuple[str, ...] = (), env: dict | None = None,
+                new_session: bool = False) -> subprocess.Popen:
     """run_train without waiting, a test acts on the running job: `python [launcher] -m dqt.train overrides...`
-    (launcher: e.g. `-m torch.distributed.run ...`), its stderr to the file `stderr`."""
+    (launcher: e.g. `-m torch.distributed.run ...`), its stderr to the file `stderr`. `new_session`: the job and
+    every process it starts form a process group of their own (id: the job's pid), which a test can kill whole."""
     with open(stderr, "w") as err:
         return subprocess.Popen([sys.executable, *launcher, "-m", "dqt.train", *overrides], stdout=subprocess.DEVNULL,
-                                stderr=err, env=_train_env(env), cwd=ROOT)
+                                stderr=err, env=_train_env(env), cwd=ROOT, start_new_session=new_session)
 
 
 def _train_env(env: dict | None) -> dict:

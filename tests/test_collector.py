@@ -1,8 +1,11 @@
 """Tests of dqt.collector: what a collector stores and reports when its envs' rewards are noisy, and bad
-data from an env (NaN/Inf reward or observation): caught before replay, named in one line, or dropped."""
+data from an env (NaN/Inf reward or observation): caught before replay, named in one line, or dropped; a
+collector restored from its state continues its episodes exactly."""
 from __future__ import annotations
 
+import io
 import json
+import threading
 
 import gymnasium as gym
 import numpy as np
@@ -129,6 +132,71 @@ def test_replay_refuses_a_non_finite_episode():
         replay.add_episode(torch.zeros(3, 2), torch.zeros(2, 1, dtype=torch.long), torch.tensor([1.0, float("inf")]),
                            False)
     assert replay.transitions_added == 0
+
+
+def _drift(replay: EpisodeReplay | None = None) -> Collector:
+    # episodes of up to 8 steps that draw from the env's RNG at every step, with noisy rewards
+    task = make_task("gym:toy_env:Drift-v0", action_repeat=2, episode_length=8)
+    replay = replay or EpisodeReplay(1000, task.obs_dim, task.action_dim, 4, n_step=2, discount=0.9)
+    envs = task.make_vector_env([1, 2, 3], noise={"mean": 0.0, "std": 0.5, "reads": 1, "reduce": "median"})
+    return Collector(envs, replay, 4, 8)
+
+
+def _through_a_checkpoint(state: dict) -> dict:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def test_a_restored_collector_continues_its_episodes_exactly():
+    generator = torch.Generator().manual_seed(0)
+    original = _drift()
+    for _ in range(11):
+        original.step(torch.randint(4, (3, 2), generator=generator))
+    state = _through_a_checkpoint({"collector": original.state_dict(), "replay": original.replay.state_dict()})
+    assert state["collector"]["episodes"]["ep_length"].gt(0).any()  # episodes in progress
+    assert state["collector"]["finished"]  # and finished ones not yet drained
+
+    # built as a resumed run builds it, from the same seeds: its envs have reset, their episodes are fresh
+    resumed = _drift()
+    resumed.replay.load_state_dict(state["replay"])
+    assert resumed.load_state_dict(state["collector"]) is None
+    for _ in range(20):
+        bins = torch.randint(4, (3, 2), generator=generator)
+        original.step(bins)
+        resumed.step(bins)
+    (episodes, sums), (resumed_episodes, resumed_sums) = original.drain(), resumed.drain()
+    assert episodes == resumed_episodes and torch.equal(sums, resumed_sums)
+    assert torch.equal(original.obs, resumed.obs)
+    mine, theirs = original.replay.state_dict(), resumed.replay.state_dict()
+    assert all(torch.equal(v, theirs[k]) if isinstance(v, torch.Tensor) else v == theirs[k] for k, v in mine.items())
+
+
+class LockedWalk(Walk):
+    """Walk holding a lock: state an env snapshot cannot hold."""
+
+    def __init__(self):
+        super().__init__(None, "reward")
+        self.lock = threading.Lock()
+
+
+def test_envs_a_snapshot_cannot_hold_start_fresh_episodes_and_keep_the_counts():
+    def collector() -> Collector:
+        envs = gym.vector.SyncVectorEnv([lambda: gym.wrappers.TimeLimit(LockedWalk(), 3) for _ in range(3)],
+                                        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        return Collector(envs, EpisodeReplay(100, 2, 1, 4, n_step=1, discount=0.9), 4, 3)
+
+    original = collector()
+    for _ in range(4):
+        original.step(torch.zeros(3, 1, dtype=torch.long))
+    state = _through_a_checkpoint(original.state_dict())
+    assert state["episodes"] is None and "LockedWalk.lock is a _thread.lock" in state["why"]
+    resumed = collector()
+    assert resumed.load_state_dict(state) == state["why"]
+    assert (resumed.steps, resumed.reward_range) == (4, [1.0, 1.0])
+    assert repr(resumed.finished) == repr(original.finished) != "[]"  # success is nan: Walk does not report it
+    assert resumed.ep_length.eq(0).all()  # the envs' fresh episodes
 
 
 TOY = ("demos=0", "episode_length=1", "action_repeat=1", "bins=8", "num_envs=4", "seed_steps=40", "batch_size=16",
