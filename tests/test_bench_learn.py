@@ -7,11 +7,13 @@ import math
 from dqt.bench.learn import BENCHMARKS, mean_ci, summarise, table
 
 
-def _run(path, evals: list[tuple[int, float]], metric: str):
+def _run(path, evals: list[tuple[int, float]], metric: str, train_steps: int | None = None):
     path.mkdir(parents=True)
     rows = [{"env_steps": s, "eval/return": v if metric == "eval/return" else 0.0, metric: v, "time_s": s / 100}
             for s, v in evals]
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (path / ".hydra").mkdir()
+    (path / ".hydra" / "config.yaml").write_text(f"train_steps: {evals[-1][0] if train_steps is None else train_steps}\n")
     return path
 
 
@@ -46,10 +48,16 @@ def test_gym_targets_are_the_median_over_seeds(tmp_path):
 def test_a_run_is_finished_only_when_its_last_evaluation_is_at_train_steps(tmp_path):
     from dqt.bench.learn import finished
 
-    run = _run(tmp_path / "r", [(2000, 0.5), (4000, 0.7)], "eval/success_rate")
-    assert not finished(run)  # no config: not a run dqt-train finished
-    (run / ".hydra").mkdir()
-    (run / ".hydra" / "config.yaml").write_text("train_steps: 6000\n")
+    run = _run(tmp_path / "r", [(2000, 0.5), (4000, 0.7)], "eval/success_rate", train_steps=6000)
     assert not finished(run)
     (run / ".hydra" / "config.yaml").write_text("train_steps: 4000\n")
     assert finished(run)
+
+
+def test_a_run_stopped_before_its_end_is_marked_and_fails_the_target(tmp_path):
+    bench = BENCHMARKS["inverted-pendulum"]
+    runs = {1: _run(tmp_path / "1", [(10000, 1000.0), (20000, 1000.0)], bench.metric),
+            2: _run(tmp_path / "2", [(10000, 990.0)], bench.metric, train_steps=20000)}
+    summary = summarise(bench, runs)
+    assert summary["cut"] == {2: 10000} and summary["median"] == 995.0 and not summary["passed"]
+    assert "(seed 2 stopped at 10k)" in table({"inverted-pendulum": (bench, summary)})

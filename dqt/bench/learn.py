@@ -69,12 +69,14 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
 
 def summarise(bench: Benchmark, runs: dict[int, Path]) -> dict:
     """Per-seed finals and steps to threshold, and the verdict against the benchmark's goal."""
-    finals, reached, stable, walls, missing = [], [], [], [], []
+    finals, reached, stable, walls, missing, cut = [], [], [], [], [], {}
     for seed, run_dir in runs.items():
         evals = [r for r in read_metrics(run_dir) if bench.metric in r]
         if not evals:
             missing.append(seed)
             continue
+        if not finished(run_dir):  # stopped before its end: its last evaluation, marked as such
+            cut[seed] = evals[-1]["env_steps"]
         values = [r[bench.metric] for r in evals]
         finals.append(values[-1])
         first = next((i for i, v in enumerate(values) if v >= bench.threshold), None)
@@ -93,7 +95,7 @@ def summarise(bench: Benchmark, runs: dict[int, Path]) -> dict:
         passed = statistics.median(finals) >= bench.threshold
     return {"finals": finals, "mean": mean, "ci": half, "median": statistics.median(finals), "reached": reached,
             "hits": len(hits), "steps_mean": statistics.fmean(hits) if hits else math.nan, "wall": walls,
-            "missing": missing, "passed": passed and not missing}
+            "missing": missing, "cut": cut, "passed": passed and not missing and not cut}
 
 
 def table(results: dict[str, tuple[Benchmark, dict]]) -> str:
@@ -107,9 +109,10 @@ def table(results: dict[str, tuple[Benchmark, dict]]) -> str:
         fmt = (lambda v: f"{v:.2f}") if bench.metric.endswith("success_rate") else (lambda v: f"{v:.1f}")
         ci = "" if math.isnan(s["ci"]) else f" ± {fmt(s['ci'])}"
         reached = ", ".join("—" if r is None else f"{r // 1000}k" for r in s["reached"])
+        cut = "".join(f" (seed {seed} stopped at {steps // 1000}k)" for seed, steps in s.get("cut", {}).items())
         wall = statistics.fmean(s["wall"])
         lines.append(f"| {name} | {bench.agents} | {len(s['finals'])} | {fmt(s['mean'])}{ci} | {fmt(s['median'])} | "
-                     f"{', '.join(fmt(v) for v in s['finals'])} | {bench.metric.split('/')[1]} ≥ {bench.threshold:g} | "
+                     f"{', '.join(fmt(v) for v in s['finals'])}{cut} | {bench.metric.split('/')[1]} ≥ {bench.threshold:g} | "
                      f"{s['hits']}/{len(s['finals'])}: {reached} | {wall / 60:.1f} min | "
                      f"{'yes' if s['passed'] else 'no'} |")
     return "\n".join(lines)
@@ -134,6 +137,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--out", default="bench-learn", help="directory for the runs and table.md")
     parser.add_argument("--jobs", type=int, default=None, help="runs side by side (default: cores / agents per run)")
     parser.add_argument("--extra", default="", help="extra dqt-train overrides for every run, space-separated")
+    parser.add_argument("--table-only", action="store_true", help="write table.md from the runs in --out, start none")
     args = parser.parse_args(argv)
     unknown = [n for n in args.only.split(",") if n not in BENCHMARKS]
     if unknown:
@@ -148,6 +152,8 @@ def main(argv: list[str]) -> None:
         seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else bench.seeds
         for seed in seeds:
             queue.append((bench, seed, out / bench.name / f"seed{seed}"))
+    if args.table_only:
+        queue = []
     running: list[tuple[subprocess.Popen, Path, float]] = []
     used = 0
     started = time.perf_counter()
