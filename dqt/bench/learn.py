@@ -101,7 +101,7 @@ def summarise(bench: Benchmark, runs: dict[int, Path]) -> dict:
 def table(results: dict[str, tuple[Benchmark, dict]]) -> str:
     """The markdown table the README quotes."""
     lines = ["| benchmark | agents | seeds | final (mean ± 95% CI) | median | per seed | target | reached (steps per agent) | "
-             "wall per run | met |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "loop time per run | met |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, (bench, s) in results.items():
         if not s["finals"]:
             lines.append(f"| {name} | {bench.agents} | 0 | no evaluations | | | | | | no |")
@@ -189,9 +189,11 @@ def main(argv: list[str]) -> None:
     header = (f"Measured {datetime.date.today()} on {platform.node() or 'this machine'} ({cores} cores, "
               f"{platform.processor() or platform.machine()}, CPU only); `dqt-bench learn --only {args.only}"
               f"{' --seeds ' + args.seeds if args.seeds else ''}{' --extra ' + repr(args.extra) if args.extra else ''}`, "
-              f"{(time.perf_counter() - started) / 60:.0f} min in all.")
+              + ("table from the runs already there." if args.table_only
+                 else f"{(time.perf_counter() - started) / 60:.0f} min in all."))
     goals = "\n".join(f"- **{b.name}** (`{' '.join(b.overrides) or 'default config'}`): {b.goal}" for b, _ in results.values())
     text = f"{header}\n\n{table(results)}\n\nTargets:\n{goals}\n"
+    out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(text)
     (out / "summary.json").write_text(json.dumps({n: s for n, (_, s) in results.items()}, indent=1))
     print(text)
