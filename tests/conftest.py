@@ -28,6 +28,20 @@ def start_train(*overrides: str, stderr: Path, launcher: tuple[str, ...] = (), e
                                 stderr=err, env=_train_env(env), cwd=ROOT, start_new_session=new_session)
 
 
+def wait_for_generation(job: subprocess.Popen, run_dir: Path, step: int, stderr: Path, timeout: float = 240) -> None:
+    """Block until checkpoint generation `step` of `run_dir` is complete (its manifest written); fail with the
+    job's stderr if the job ends or the time runs out first."""
+    import time
+
+    from dqt import generations
+
+    manifest = generations.generation_dir(run_dir, step) / generations.MANIFEST
+    deadline = time.monotonic() + timeout
+    while not manifest.exists():
+        assert job.poll() is None and time.monotonic() < deadline, stderr.read_text()[-3000:]
+        time.sleep(0.01)
+
+
 def _train_env(env: dict | None) -> dict:
     full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
                 "WANDB_MODE": "disabled", **(env or {})}

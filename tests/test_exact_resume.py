@@ -5,11 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import time
 
 import pytest
 
-from conftest import newest_checkpoint, run_train, start_train
+from conftest import newest_checkpoint, run_train, start_train, wait_for_generation
 from dqt import generations
 from dqt.logger import read_metrics
 
@@ -37,11 +36,7 @@ def test_a_killed_job_resumed_logs_the_rows_of_the_uninterrupted_run(tmp_path):
                                 new_session=True)
     job = start_train(*DRIFT, f"hydra.run.dir={split}", stderr=tmp_path / "stderr", new_session=True, env=env)
     try:
-        first = generations.generation_dir(split, 100) / generations.MANIFEST
-        deadline = time.monotonic() + 240
-        while not first.exists():
-            assert job.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr").read_text()[-3000:]
-            time.sleep(0.01)
+        wait_for_generation(job, split, 100, tmp_path / "stderr")
         os.killpg(job.pid, signal.SIGKILL)  # the whole job: launcher and both agents, as kill -9 of a batch job
         job.wait(timeout=60)
         assert uninterrupted.wait(timeout=240) == 0, (tmp_path / "whole.stderr").read_text()[-3000:]

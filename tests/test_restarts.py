@@ -6,12 +6,11 @@ import contextlib
 import os
 import re
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import newest_checkpoint, run_train, start_train
+from conftest import newest_checkpoint, run_train, start_train, wait_for_generation
 from dqt import generations
 from dqt.logger import read_metrics
 
@@ -51,11 +50,7 @@ def test_a_killed_agent_is_restarted_from_the_last_complete_generation(tmp_path,
                       f"hydra.run.dir={run_dir}", stderr=tmp_path / "stderr", launcher=launcher,
                       env={"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "OMP_NUM_THREADS": "1"})
     try:
-        first = generations.generation_dir(run_dir, 100) / generations.MANIFEST
-        deadline = time.monotonic() + 240
-        while not first.exists():
-            assert job.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr").read_text()[-3000:]
-            time.sleep(0.02)
+        wait_for_generation(job, run_dir, 100, tmp_path / "stderr")
         os.kill(agent_pids(job.pid)[0], signal.SIGKILL)
         # no generation completes once an agent is gone: this is the newest the restart can find
         newest = generations.complete(run_dir)[0].step
