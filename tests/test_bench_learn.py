@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+
+import pytest
 
 from dqt.bench.learn import BENCHMARKS, mean_ci, summarise, table
 
@@ -61,3 +65,11 @@ def test_a_run_stopped_before_its_end_is_marked_and_fails_the_target(tmp_path):
     summary = summarise(bench, runs)
     assert summary["cut"] == {2: 10000} and summary["median"] == 995.0 and not summary["passed"]
     assert "(seed 2 stopped at 10k)" in table({"inverted-pendulum": (bench, summary)})
+
+
+@pytest.mark.parametrize("module", [("dqt.bench", "learn"), ("dqt.bench.learn",), ("dqt.bench.learner",),
+                                    ("dqt.bench.rollout",), ("dqt.bench.comm",)])
+def test_every_benchmark_runs_as_a_module(module):
+    # `python -m dqt.bench.learn` once imported the module, did nothing and exited 0
+    result = subprocess.run([sys.executable, "-m", *module, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.startswith("usage: dqt-bench "), result.stderr

@@ -197,3 +197,7 @@ def main(argv: list[str]) -> None:
     (out / "table.md").write_text(text)
     (out / "summary.json").write_text(json.dumps({n: s for n, (_, s) in results.items()}, indent=1))
     print(text)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -4,6 +4,7 @@ Drawing a batch from replay is timed on its own and shown with and without it.""
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
@@ -60,3 +61,7 @@ def main(argv: list[str]) -> None:
     print(f"full update step                {up * 1e3:8.2f} ms   ({1 / up:.1f} updates/s)")
     print(f"ratio update / forward+backward {up / fb:8.2f}   (target <= 1.5)")
     print(f"sampling a batch from replay    {draw * 1e3:8.2f} ms   (ratio with it: {(up + draw) / fb:.2f})")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -14,6 +14,7 @@ step, on identical vector envs, and every figure is the median over rounds.
 from __future__ import annotations
 
 import argparse
+import sys
 import statistics
 import time
 
@@ -107,3 +108,7 @@ class _TimedCollector:
             return out
 
         envs.step = timed_step
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
