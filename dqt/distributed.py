@@ -7,6 +7,7 @@ device only: every behaviour is the same under gloo on CPU.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import sys
@@ -81,8 +82,14 @@ def setup(requested_device: str) -> Context:
 
 
 def teardown() -> None:
-    """Leave the process group."""
+    """Leave the process group.
+
+    DDP's reducer and the hooks' futures sit in reference cycles; left to the collector at interpreter exit,
+    gloo's threads free their tensors after Python is gone and the agent aborts (SIGABRT) after finishing
+    its work, which an elastic launcher reads as a failure. So they are collected first.
+    """
     if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -1,7 +1,6 @@
 """One agent's process: set-up, then one loop read top to bottom — act, learn, evaluate, log, checkpoint."""
 from __future__ import annotations
 
-import gc
 import math
 import os
 import shutil
@@ -48,10 +47,6 @@ def run(cfg: dict, run_dir: str) -> None:
                 stopped.write_text(f"{error}\n")
                 raise
     finally:
-        # DDP's reducer and the hooks' futures sit in reference cycles; left to the collector at interpreter
-        # exit, gloo's threads free their tensors after Python is gone and the agent aborts (SIGABRT) after
-        # finishing its work, which an elastic launcher reads as a failure.
-        gc.collect()
         distributed.teardown()
 
 
