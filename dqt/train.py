@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import errno
-import logging
 import os
 import re
 import shutil
@@ -143,28 +142,16 @@ def _one_line(error: Exception, argv: list[str]) -> str:
     return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
-def _exit_without_finalizing() -> None:
-    """End a torchrun agent whose work is done, its files closed and its process group left, with exit code 0.
-
-    The interpreter's own shutdown is skipped: in it gloo's C++ threads can still free tensors after Python
-    is gone, and the agent aborts (SIGABRT, "terminate called without an active exception") after finishing,
-    which torchrun reads as a failed job. Collecting DDP's cycles before leaving the group
-    (distributed.teardown) made it rare, not impossible. Nothing is left to run at this point but that.
-    """
-    logging.shutdown()  # hydra's log file
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
 def main() -> None:
     """Console entry point."""
     user_wants_full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # hydra then raises its errors instead of printing them and exiting 1
     try:
         hydra_main()
-        if _torchrun_world_size() is not None:
-            _exit_without_finalizing()
+        if _torchrun_world_size() is not None:  # this process was one agent and its work is done
+            from dqt.distributed import exit_without_finalizing
+
+            exit_without_finalizing()
     except (HydraException, OmegaConfBaseException) as error:
         if user_wants_full_error:
             raise

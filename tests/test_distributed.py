@@ -82,3 +82,14 @@ def test_num_agents_must_match_torchrun_world_size(tmp_path):
         capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
     assert result.returncode != 0
     assert "num_agents=3 is not allowed under torchrun with 2 processes" in result.stderr
+
+
+def test_launched_agents_that_finish_skip_the_interpreter_teardown(tmp_path):
+    # gloo can abort an agent in the interpreter's teardown after its work is done (SIGABRT, which the launcher
+    # counts as a failed job): a finished agent ends before the teardown, so an exit handler it registered
+    # during its work never runs, and the launch still succeeds
+    from dqt import distributed
+    from exit_probe import agent
+
+    distributed.launch(2, agent, (str(tmp_path),))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["done0", "done1"]
