@@ -42,6 +42,15 @@ class ValueMap:
         power = discount ** steps.to(raw.dtype)
         return self.scale * raw - self.scale * self.low * (1 - power) + torch.where(terminated, power * self.terminal, 0.0)
 
+    def bounds(self, reward_low: float, reward_high: float, discount: float) -> tuple[float, float]:
+        """The mapped values a policy can reach when every reward lies in [reward_low, reward_high].
+
+        Every return, a terminal state's 0 included, lies in [min(r_lo, 0), max(r_hi, 0)] / (1 - gamma); a
+        target outside the map of that range is overestimation (or underestimation) that no policy attains.
+        """
+        low, high = min(reward_low, 0.0) / (1 - discount), max(reward_high, 0.0) / (1 - discount)
+        return self.scale * (low - self.low), self.scale * (high - self.low)
+
 
 def value_map(reward_scale: float | str, discount: float, reward_low: float, reward_high: float) -> ValueMap:
     """The `ValueMap` for the `reward_scale` key.
@@ -118,7 +127,8 @@ def greedy_values(head, features: torch.Tensor, online_q: torch.Tensor | None = 
 
 
 def targets(next_dimension_value: torch.Tensor, next_state_value: torch.Tensor, nstep_return: torch.Tensor,
-            bootstrap_discount: torch.Tensor, mc_return: torch.Tensor, mc_lower_bound: bool) -> torch.Tensor:
+            bootstrap_discount: torch.Tensor, mc_return: torch.Tensor, mc_lower_bound: bool,
+            value_bounds: tuple[float, float] | None = None) -> torch.Tensor:
     """Bellman targets [B, d] (Sec. 4.1, Eq. 1; Sec. 4.2; Sec. 4.3), from `greedy_values` of the target net.
 
     next_dimension_value: [B, d-1], the value of dimension i+1 at (s_t, a_{1:i}); next_state_value: [B], the
@@ -126,11 +136,17 @@ def targets(next_dimension_value: torch.Tensor, next_state_value: torch.Tensor, 
       i < d:  y_i = max_b Q_{i+1}(s_t, a_{1:i}, b)                     (maximise over the next dimension)
       i = d:  y_d = R_t^{(m)} + gamma^m (1 - done) max_b Q_1(s_{t+m}, b)  (n-step backup across time steps)
       MC:     y_i = max(y_i, G_t)                                          (Monte-Carlo lower bound)
+      clip:   y_i = clamp(y_i, *value_bounds)                  (values the rewards allow, `ValueMap.bounds`)
+    Without the conservative term (no demonstrations) nothing holds the maxima down: overestimation compounds
+    through the backups (by up to 1 / (1 - gamma)) and Q climbs past anything a policy can reach; the clip
+    stops that at the bound.
     """
     across_step = nstep_return + bootstrap_discount * next_state_value
     y = torch.cat([next_dimension_value, across_step.unsqueeze(1)], dim=1)
     if mc_lower_bound:
         y = torch.maximum(y, mc_return.unsqueeze(1))
+    if value_bounds is not None:
+        y = y.clamp(*value_bounds)
     return y
 
 

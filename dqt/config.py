@@ -138,6 +138,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "tau": _float(0, 1, lo_open=True),
     "double_q": _bool(),
     "mc_lower_bound": _bool(),
+    "target_clip": _bool(),
     "conservative_weight": _float(0),
     "conservative_rows": _choice("demos", "all"),
     "model.dim": _int(1),

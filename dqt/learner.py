@@ -71,6 +71,8 @@ class Learner:
                                         cfg["num_agents"], **cfg["lr_plateau"])
         self.plateau = cfg["lr_schedule"] == "plateau"
         self.value_map = algorithm.ValueMap(1.0, 0.0)  # set by the worker when learning starts
+        # the per-step reward range seen so far (the worker keeps it current): target_clip's bounds
+        self.reward_range: tuple[float, float] = (0.0, 0.0)
         self.updates = 0
         self.skipped_steps = 0
         self._online_params = [p for p in module.parameters()]
@@ -145,8 +147,9 @@ class Learner:
         discount, bootstrap = self.cfg["discount"], batch["bootstrap_discount"]
         nstep_return = self.value_map.returns(batch["nstep_return"], batch["steps"], bootstrap == 0, discount)
         mc_return = self.value_map.returns(batch["mc_return"], batch["to_end"], batch["terminated"], discount)
+        bounds = self.value_map.bounds(*self.reward_range, discount) if self.cfg["target_clip"] else None
         return algorithm.targets(within_step, across_step, nstep_return, bootstrap, mc_return,
-                                 self.cfg["mc_lower_bound"])
+                                 self.cfg["mc_lower_bound"], bounds)
 
     def state_dict(self) -> dict:
         """Model, target, optimiser, scheduler and counters."""

@@ -87,11 +87,12 @@ class _QAsFeatures:
         return features.gather(-1, bins.unsqueeze(-1)).squeeze(-1)
 
 
-def _targets(target_q, target_q_next_first, nstep, bootstrap, mc, mc_lower_bound, online_q=None, online_next=None):
+def _targets(target_q, target_q_next_first, nstep, bootstrap, mc, mc_lower_bound, online_q=None, online_next=None,
+             value_bounds=None):
     head = _QAsFeatures()
     return algorithm.targets(algorithm.greedy_values(head, target_q[:, 1:], None if online_q is None else online_q[:, 1:]),
                              algorithm.greedy_values(head, target_q_next_first, online_next),
-                             nstep, bootstrap, mc, mc_lower_bound)
+                             nstep, bootstrap, mc, mc_lower_bound, value_bounds)
 
 
 def test_targets_without_mc_bound():
@@ -104,6 +105,24 @@ def test_targets_with_mc_bound():
     y = _targets(TARGET_Q, TARGET_Q_NEXT_FIRST, NSTEP_RETURN, BOOTSTRAP, MC_RETURN, mc_lower_bound=True)
     # row 0: G = 0.9375 lifts both; row 1: G = 0.5 lifts only the last dimension (0.25), not 0.8125
     assert torch.equal(y, torch.tensor([[0.9375, 0.9375], [0.8125, 0.5]]))
+
+
+def test_targets_are_clipped_to_the_value_bounds():
+    # unclipped (test_targets_with_mc_bound): [[0.9375, 0.9375], [0.8125, 0.5]]; bounds [0.625, 0.875]
+    y = _targets(TARGET_Q, TARGET_Q_NEXT_FIRST, NSTEP_RETURN, BOOTSTRAP, MC_RETURN, mc_lower_bound=True,
+                 value_bounds=(0.625, 0.875))
+    assert torch.equal(y, torch.tensor([[0.875, 0.875], [0.8125, 0.625]]))
+
+
+def test_value_bounds_are_the_mapped_range_of_returns_the_rewards_allow():
+    # gamma = 0.5: returns lie in [min(r_lo, 0), max(r_hi, 0)] / (1 - gamma) = [-2, 4] for rewards in [-1, 2];
+    # the map scale 0.125, low -4 sends them to [0.125 * (-2 + 4), 0.125 * (4 + 4)] = [0.25, 1]
+    vmap = algorithm.ValueMap(scale=0.125, low=-4.0)
+    assert vmap.bounds(-1.0, 2.0, 0.5) == (0.25, 1.0)
+    # rewards that never cross 0 still allow a terminal state's 0: [0, 4] -> [0.5, 1]
+    assert vmap.bounds(0.5, 2.0, 0.5) == (0.5, 1.0)
+    # the map `value_map` makes from the same rewards sends them to exactly [0, 1]
+    assert algorithm.value_map("auto", 0.5, -1.0, 2.0).bounds(-1.0, 2.0, 0.5) == (0.0, 1.0)
 
 
 def test_targets_three_dimensions_use_the_next_dimension():
@@ -193,7 +212,7 @@ def test_loss_gradient_flows_into_q_only():
 # The learner's loss depends on the rewards (through the last dimension's target)
 
 LEARNER_CFG = {"lr": 1e-3, "weight_decay": 0.0, "lr_schedule": "constant", "lr_final": 0.1, "lr_scale": "none",
-               "num_agents": 1, "lr_plateau": {"factor": 0.5, "patience": 3}, "mc_lower_bound": True,
+               "num_agents": 1, "lr_plateau": {"factor": 0.5, "patience": 3}, "mc_lower_bound": True, "target_clip": False,
                "conservative_weight": 0.5, "grad_clip": 10.0, "tau": 0.005, "double_q": True, "discount": 0.5,
                "conservative_rows": "all"}
 
@@ -332,3 +351,18 @@ def test_learner_targets_use_the_value_map():
     expected_last = plain[:, -1] + batch["nstep_return"] + shift  # 2 R + shift + bootstrap value (unchanged)
     torch.testing.assert_close(mapped[:, -1], expected_last, rtol=0, atol=1e-6)
     assert torch.equal(mapped[:, 0], plain[:, 0])  # within a step nothing is mapped: the max is already a value
+
+
+def test_learner_clips_targets_to_the_rewards_seen_only_with_target_clip():
+    torch.manual_seed(0)
+    model = QTransformer(obs_dim=3, action_dims=2, bins=5, dim=16, depth=1, heads=2)
+    batch = _batch(torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    q = model(batch["obs"], batch["bins"][:, :-1]).detach()
+    plain = Learner(model, model, {**LEARNER_CFG, "mc_lower_bound": False}, total_updates=10)
+    clipped = Learner(model, model, {**LEARNER_CFG, "mc_lower_bound": False, "target_clip": True}, total_updates=10)
+    # rewards in [0, 0.25] at gamma 0.5 allow raw values in [0, 0.5]; the map Q' = Q + 0.5 sends them to [0.5, 1]
+    for learner in (plain, clipped):
+        learner.value_map, learner.reward_range = algorithm.ValueMap(1.0, -0.5), (0.0, 0.25)
+    unclipped = plain.targets(batch, q)
+    assert unclipped.max() > 1.0 and unclipped.min() < 0.5  # the test would show nothing otherwise
+    assert torch.equal(clipped.targets(batch, q), unclipped.clamp(0.5, 1.0))
