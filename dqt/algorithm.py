@@ -7,6 +7,7 @@ at token i for bin a_i given the data's bins a_{1:i-1}. Returns are mapped so th
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +49,8 @@ class ValueMap:
         Every return, a terminal state's 0 included, lies in [min(r_lo, 0), max(r_hi, 0)] / (1 - gamma); a
         target outside the map of that range is overestimation (or underestimation) that no policy attains.
         """
+        if discount >= 1.0 or not (math.isfinite(reward_low) and math.isfinite(reward_high)):
+            return -math.inf, math.inf  # undiscounted returns have no such bound; no rewards seen: none known
         low, high = min(reward_low, 0.0) / (1 - discount), max(reward_high, 0.0) / (1 - discount)
         return self.scale * (low - self.low), self.scale * (high - self.low)
 

@@ -71,8 +71,8 @@ class Learner:
                                         cfg["num_agents"], **cfg["lr_plateau"])
         self.plateau = cfg["lr_schedule"] == "plateau"
         self.value_map = algorithm.ValueMap(1.0, 0.0)  # set by the worker when learning starts
-        # the per-step reward range seen so far (the worker keeps it current): target_clip's bounds
-        self.reward_range: tuple[float, float] = (0.0, 0.0)
+        # the per-step reward range seen so far (the worker keeps it current): target_clip's bounds, none until set
+        self.reward_range: tuple[float, float] = (math.inf, -math.inf)
         self.updates = 0
         self.skipped_steps = 0
         self._online_params = [p for p in module.parameters()]

@@ -123,6 +123,9 @@ def test_value_bounds_are_the_mapped_range_of_returns_the_rewards_allow():
     assert vmap.bounds(0.5, 2.0, 0.5) == (0.5, 1.0)
     # the map `value_map` makes from the same rewards sends them to exactly [0, 1]
     assert algorithm.value_map("auto", 0.5, -1.0, 2.0).bounds(-1.0, 2.0, 0.5) == (0.0, 1.0)
+    # no bound without discounting, nor before any reward has been seen (the collector's empty range)
+    assert vmap.bounds(-1.0, 2.0, 1.0) == (-math.inf, math.inf)
+    assert vmap.bounds(math.inf, -math.inf, 0.5) == (-math.inf, math.inf)
 
 
 def test_targets_three_dimensions_use_the_next_dimension():
