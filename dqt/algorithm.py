@@ -154,7 +154,7 @@ def targets(next_dimension_value: torch.Tensor, next_state_value: torch.Tensor, 
 
 
 def loss(q: torch.Tensor, data_bins: torch.Tensor, y: torch.Tensor, conservative_weight: float,
-         conservative_rows: torch.Tensor | None = None):
+         conservative_rows: torch.Tensor | None = None, excess_weight: float = 0.0):
     """Conservative Q-Transformer objective (Sec. 4.2, Eq. 2), averaged over dimensions and the batch.
 
     q: [B, d, bins] online Q; data_bins: [B, d]; y: [B, d] targets (no gradient); conservative_rows: [B]
@@ -162,14 +162,24 @@ def loss(q: torch.Tensor, data_bins: torch.Tensor, y: torch.Tensor, conservative
       TD term:           1/2 (Q_i(s, a_{1:i}) - y_i)^2 on the data's bin
       conservative term: 1/2 mean over the other bins b != a_i of (Q_i(s, a_{1:i-1}, b) - 0)^2, summed over
                          the chosen rows and divided by B, so it weighs as their share of the batch
-    Returns (total loss, TD loss, conservative loss, mean Q of data bins).
+      excess term:       on the other rows (the agents' own data), 1/2 mean over b != a_i of
+                         max(0, Q_i(b) - sg(Q_i(a_i)))^2, weight `excess_weight`: a bin the data never tried
+                         may not stand above the bin it did, so the maxima of the backup cannot feed on
+                         bins no data holds down (not in the paper: its conservative term has demos to act on)
+    Returns (total loss, TD loss, conservative loss (both terms, unweighted), mean Q of data bins).
     """
     bins = q.shape[-1]
     q_data = q.gather(-1, data_bins.unsqueeze(-1)).squeeze(-1)
     td = 0.5 * (q_data - y.detach()).pow(2).mean()
     not_data = 1.0 - F.one_hot(data_bins, bins).to(q.dtype)
     per_row = 0.5 * ((q.pow(2) * not_data).sum(-1) / (bins - 1)).mean(-1)  # [B]
+    own = torch.zeros_like(per_row)  # every row under the conservative term: the excess term has none
     if conservative_rows is not None:
         per_row = per_row * conservative_rows.to(q.dtype)
-    conservative = per_row.mean()
-    return td + conservative_weight * conservative, td.detach(), conservative.detach(), q_data.detach().mean()
+        own = 1.0 - conservative_rows.to(q.dtype)
+    conservative, total = per_row.mean(), td + conservative_weight * per_row.mean()
+    if excess_weight > 0:
+        excess = (q - q_data.detach().unsqueeze(-1)).clamp(min=0.0) * not_data
+        excess = (0.5 * (excess.pow(2).sum(-1) / (bins - 1)).mean(-1) * own).mean()
+        conservative, total = conservative + excess, total + excess_weight * excess
+    return total, td.detach(), conservative.detach(), q_data.detach().mean()

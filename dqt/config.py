@@ -141,6 +141,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "target_clip": _bool(),
     "conservative_weight": _float(0),
     "conservative_rows": _choice("demos", "all"),
+    "excess_weight": _float(0),
     "model.dim": _int(1),
     "model.depth": _int(1),
     "model.heads": _int(1),

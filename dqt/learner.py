@@ -89,7 +89,8 @@ class Learner:
         # the conservative term keeps Q inside the support of a fixed dataset (the paper's offline setting):
         # by default the demonstrations; on the agents' own data it would pull values towards 0 as they improve
         rows = None if self.cfg["conservative_rows"] == "all" else batch["demo"]
-        total, td, conservative, q_data = algorithm.loss(q, bins, y, self.cfg["conservative_weight"], rows)
+        total, td, conservative, q_data = algorithm.loss(q, bins, y, self.cfg["conservative_weight"], rows,
+                                                           self.cfg["excess_weight"])
 
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()  # DDP's communication hook aggregates the gradients across agents here

@@ -196,6 +196,35 @@ def test_conservative_term_on_chosen_rows_weighs_as_their_share_of_the_batch():
     assert algorithm.loss(Q, DATA_BINS, Y, 1.0, torch.tensor([True, True]))[2].item() == CONSERVATIVE
 
 
+# excess over the data bin, own rows only: row 0: dim 0 bins [1, 3] above 2 -> [0, 1], dim 1 none above 4;
+# row 1: dim 0 [0, 2] above 0 -> [0, 2], dim 1 [1, 0] above 0 -> [1, 0]; per row 1/2 mean_d sum excess^2 / 2:
+# row 0 0.5 * (1/2 + 0) / 2 = 0.125, row 1 0.5 * (4/2 + 1/2) / 2 = 0.625
+EXCESS = (0.125, 0.625)
+
+
+def test_excess_term_by_hand_on_the_rows_outside_the_conservative_term():
+    total, td, conservative, _ = algorithm.loss(Q, DATA_BINS, Y, 0.5, torch.tensor([False, False]), excess_weight=2.0)
+    assert conservative.item() == sum(EXCESS) / 2 and total.item() == TD + 2.0 * sum(EXCESS) / 2
+    # row 0 under the conservative term, row 1 under the excess term, each weighing as half the batch
+    total, _, conservative, _ = algorithm.loss(Q, DATA_BINS, Y, 0.5, torch.tensor([True, False]), excess_weight=2.0)
+    row0_conservative = 0.5 * (5 + 0.625) / 2
+    assert conservative.item() == row0_conservative / 2 + EXCESS[1] / 2
+    assert total.item() == TD + 0.5 * row0_conservative / 2 + 2.0 * EXCESS[1] / 2
+    # every row under the conservative term (rows=None), or weight 0: the excess term is off
+    assert algorithm.loss(Q, DATA_BINS, Y, 0.5, None, excess_weight=2.0)[2].item() == CONSERVATIVE
+    assert algorithm.loss(Q, DATA_BINS, Y, 0.5, torch.tensor([False, False]))[2].item() == 0.0
+
+
+def test_excess_term_pushes_only_the_bins_above_the_data_bin_down():
+    q = Q.clone().requires_grad_(True)
+    total, *_ = algorithm.loss(q, DATA_BINS, DATA_BINS.new_zeros(2, 2).float(), 0.0, torch.tensor([False, False]),
+                               excess_weight=1.0)
+    (total - 0.5 * (q.gather(-1, DATA_BINS.unsqueeze(-1)).squeeze(-1)).pow(2).mean()).backward()  # drop the TD term
+    # d/dq of mean_B 1/2 mean_d sum_b excess^2 / 2 = excess / (B * d * 2) = excess / 8; data bins get nothing
+    expected = torch.tensor([[[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]], [[0.0, 0.0, 2.0], [1.0, 0.0, 0.0]]]) / 8
+    assert torch.equal(q.grad, expected)
+
+
 def test_loss_gradient_flows_into_q_only():
     q = Q.clone().requires_grad_(True)
     y = Y.clone().requires_grad_(True)
@@ -215,7 +244,7 @@ def test_loss_gradient_flows_into_q_only():
 # The learner's loss depends on the rewards (through the last dimension's target)
 
 LEARNER_CFG = {"lr": 1e-3, "weight_decay": 0.0, "lr_schedule": "constant", "lr_final": 0.1, "lr_scale": "none",
-               "num_agents": 1, "lr_plateau": {"factor": 0.5, "patience": 3}, "mc_lower_bound": True, "target_clip": False,
+               "num_agents": 1, "lr_plateau": {"factor": 0.5, "patience": 3}, "mc_lower_bound": True, "target_clip": False, "excess_weight": 0.0,
                "conservative_weight": 0.5, "grad_clip": 10.0, "tau": 0.005, "double_q": True, "discount": 0.5,
                "conservative_rows": "all"}
 
