@@ -65,6 +65,7 @@ BAD = [
     # incompatible combinations
     (["faults.agents=[1]"], "faults.agents=[1] is not allowed"),  # num_agents=1: rank 1 does not exist
     (["num_agents=2", "faults.agents=[0,1]"], "faults.agents=[0, 1] is not allowed with num_agents=2"),
+    (["excess_weight=0.5", "conservative_rows=all"], "excess_weight=0.5 is not allowed with conservative_rows=all"),
     (["demos=3"], "demos=3 is not allowed for task='gym:toy_env:Combo-v0'"),  # no scripted expert
     (["model.dim=128", "model.heads=3"], "model.heads=3 is not allowed"),
     (["train_steps=100", "seed_steps=200"], "seed_steps=200 is not allowed"),
