@@ -173,12 +173,11 @@ def loss(q: torch.Tensor, data_bins: torch.Tensor, y: torch.Tensor, conservative
     td = 0.5 * (q_data - y.detach()).pow(2).mean()
     not_data = 1.0 - F.one_hot(data_bins, bins).to(q.dtype)
     per_row = 0.5 * ((q.pow(2) * not_data).sum(-1) / (bins - 1)).mean(-1)  # [B]
-    own = torch.zeros_like(per_row)  # every row under the conservative term: the excess term has none
     if conservative_rows is not None:
         per_row = per_row * conservative_rows.to(q.dtype)
-        own = 1.0 - conservative_rows.to(q.dtype)
     conservative, total = per_row.mean(), td + conservative_weight * per_row.mean()
-    if excess_weight > 0:
+    if excess_weight > 0 and conservative_rows is not None:  # None: every row is under the conservative term
+        own = (~conservative_rows).to(q.dtype)
         excess = (q - q_data.detach().unsqueeze(-1)).clamp(min=0.0) * not_data
         excess = (0.5 * (excess.pow(2).sum(-1) / (bins - 1)).mean(-1) * own).mean()
         conservative, total = conservative + excess, total + excess_weight * excess

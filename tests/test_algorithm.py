@@ -244,7 +244,8 @@ def test_loss_gradient_flows_into_q_only():
 # The learner's loss depends on the rewards (through the last dimension's target)
 
 LEARNER_CFG = {"lr": 1e-3, "weight_decay": 0.0, "lr_schedule": "constant", "lr_final": 0.1, "lr_scale": "none",
-               "num_agents": 1, "lr_plateau": {"factor": 0.5, "patience": 3}, "mc_lower_bound": True, "target_clip": False, "excess_weight": 0.0,
+               "num_agents": 1, "lr_plateau": {"factor": 0.5, "patience": 3}, "mc_lower_bound": True,
+               "target_clip": False, "excess_weight": 0.0,
                "conservative_weight": 0.5, "grad_clip": 10.0, "tau": 0.005, "double_q": True, "discount": 0.5,
                "conservative_rows": "all"}
 
