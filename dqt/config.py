@@ -269,10 +269,6 @@ def validate(cfg: DictConfig, world_size: int | None = None) -> dict:
     if plain["reward_scale"] == "auto" and plain["discount"] == 1:
         raise ConfigError("discount=1 is not allowed with reward_scale=auto: the value map divides by 1 - discount; "
                           "set reward_scale to a number or discount < 1")
-    if plain["excess_weight"] > 0 and plain["conservative_rows"] == "all":
-        raise ConfigError(f"excess_weight={plain['excess_weight']} is not allowed with conservative_rows=all: it "
-                          "acts on the rows the conservative term leaves out, and there are none "
-                          "(use conservative_rows=demos)")
     if plain["batch_size"] > plain["replay_size"]:
         raise ConfigError(f"batch_size={plain['batch_size']} is not allowed with replay_size={plain['replay_size']}: "
                           "expected batch_size <= replay_size")
