@@ -140,9 +140,9 @@ def targets(next_dimension_value: torch.Tensor, next_state_value: torch.Tensor, 
       i = d:  y_d = R_t^{(m)} + gamma^m (1 - done) max_b Q_1(s_{t+m}, b)  (n-step backup across time steps)
       MC:     y_i = max(y_i, G_t)                                          (Monte-Carlo lower bound)
       clip:   y_i = clamp(y_i, *value_bounds)                  (values the rewards allow, `ValueMap.bounds`)
-    Without the conservative term (no demonstrations) nothing holds the maxima down: overestimation compounds
-    through the backups (by up to 1 / (1 - gamma)) and Q climbs past anything a policy can reach; the clip
-    stops that at the bound.
+    On rows the conservative term leaves out (the agents' own data) only `loss`'s excess term holds the maxima
+    down; without it overestimation compounds through the backups (by up to 1 / (1 - gamma)) and Q climbs past
+    anything a policy can reach; the clip stops that at the bound.
     """
     across_step = nstep_return + bootstrap_discount * next_state_value
     y = torch.cat([next_dimension_value, across_step.unsqueeze(1)], dim=1)
