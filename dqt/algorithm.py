@@ -175,7 +175,8 @@ def loss(q: torch.Tensor, data_bins: torch.Tensor, y: torch.Tensor, conservative
     per_row = 0.5 * ((q.pow(2) * not_data).sum(-1) / (bins - 1)).mean(-1)  # [B]
     if conservative_rows is not None:
         per_row = per_row * conservative_rows.to(q.dtype)
-    conservative, total = per_row.mean(), td + conservative_weight * per_row.mean()
+    conservative = per_row.mean()
+    total = td + conservative_weight * conservative
     if excess_weight > 0 and conservative_rows is not None:  # None: every row is under the conservative term
         own = (~conservative_rows).to(q.dtype)
         excess = (q - q_data.detach().unsqueeze(-1)).clamp(min=0.0) * not_data

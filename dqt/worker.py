@@ -171,9 +171,9 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
         # learn: updates_per_step per env step after the seed steps; every agent makes the same number
         # of updates (they are collective through DDP)
         if counters["learning"]:
-            # target_clip's range: the rewards this agent has stored so far, and the suite's bound where it has one
-            learner.reward_range = (collector.reward_range[0], max(collector.reward_range[1],
-                                                                  task.max_reward_per_step or -math.inf))
+            if cfg["target_clip"]:  # its range: the rewards this agent has stored so far, and the suite's bound
+                learner.reward_range = (collector.reward_range[0], max(collector.reward_range[1],
+                                                                      task.max_reward_per_step or -math.inf))
             if not counters["pretrained"] and demo_replay is not None:
                 # once, when learning starts: offline updates on the demonstrations alone, so the agents act
                 # on a policy learned from them before they add their own data
