@@ -14,7 +14,7 @@ import torch
 
 import toy_env  # noqa: F401  (registers toy_env:Combo-v0 and the bad-data variants)
 from conftest import newest_checkpoint, run_train
-from dqt.collector import Collector
+from dqt.collector import Collector, explore
 from dqt.envs import make_task
 from dqt.errors import RunError
 from dqt.replay import EpisodeReplay
@@ -225,3 +225,25 @@ def test_bad_data_drop_finishes_the_run_and_counts_the_dropped_step(tmp_path):
     state = newest_checkpoint(tmp_path, 0)
     assert state["replay"]["transitions_added"] == 99
     assert all(torch.isfinite(w).all() for w in state["learner"]["model"].values())
+
+
+def test_eps_exploration_redraws_each_dimension_with_probability_eps():
+    """explore.kind=eps (the default): each dimension independently takes a uniformly random bin with
+    probability eps, so it differs from the greedy bin with probability eps * (bins - 1) / bins."""
+    greedy = torch.full((50_000, 4), 5)
+    chosen = explore(greedy, 11, kind="eps", std=0.2, eps=0.1, generator=torch.Generator().manual_seed(0))
+    changed = (chosen != greedy).double()
+    assert abs(changed.mean().item() - 0.1 * 10 / 11) < 0.003  # 200k draws: sd of the mean 0.0006
+    assert abs((changed[:, 0] * changed[:, 1]).mean().item() - (0.1 * 10 / 11) ** 2) < 0.001  # independent
+    counts = torch.bincount(chosen[chosen != 5], minlength=11).double()
+    assert counts[5] == 0 and (counts.sum() / 10 - counts[torch.arange(11) != 5]).abs().max() < 0.1 * counts.sum() / 10
+    same = explore(greedy, 11, kind="eps", std=0.2, eps=0.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(same, greedy)
+
+
+def test_gaussian_exploration_moves_the_continuous_action_and_snaps_it_to_a_bin():
+    greedy = torch.full((50_000, 2), 5)  # bin 5 of 11 is action 0.0; bins are 0.2 apart
+    chosen = explore(greedy, 11, kind="gaussian", std=0.2, eps=0.1, generator=torch.Generator().manual_seed(0))
+    # rounding to the nearest centre: |noise| < 0.1 keeps bin 5, P = erf(0.5 / sqrt 2) = 0.3829
+    assert abs((chosen == 5).double().mean().item() - 0.3829) < 0.005
+    assert torch.equal(explore(greedy, 11, kind="gaussian", std=0.0, eps=0.1, generator=torch.Generator()), greedy)
