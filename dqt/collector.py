@@ -212,10 +212,12 @@ def collect_demos(collector: Collector, replay: EpisodeReplay, expert_factory, e
 
 @torch.no_grad()
 def evaluate(task: Task, model: torch.nn.Module, envs: list, episode_ids: list[int], n_bins: int,
-             seed: int, device: torch.device) -> tuple[float, float, int, int]:
+             seed: int, device: torch.device, record: list | None = None) -> tuple[float, float, int, int]:
     """Greedy episodes with ids `episode_ids` (MetaWorld: goal ids).
 
-    Returns (successes, return sum, episodes, episodes whose env reported success at all).
+    Returns (successes, return sum, episodes, episodes whose env reported success at all). `record`, if
+    given, receives one dict per episode (id, return, success or None, first observation, greedy bins per
+    step) for `dqt-bench policy`.
     """
     successes, returns, reported = 0.0, 0.0, 0
     for start in range(0, len(episode_ids), len(envs)):
@@ -230,17 +232,24 @@ def evaluate(task: Task, model: torch.nn.Module, envs: list, episode_ids: list[i
                 obs.append(env.reset(seed=seed + episode)[0])
         alive = [True] * len(ids)
         ep_return, ep_success = [0.0] * len(ids), [None] * len(ids)
+        first_obs, ep_bins = list(obs), [[] for _ in ids]
         while any(alive):
             batch = torch.as_tensor(np.stack(obs), dtype=torch.float32, device=device)
-            actions = from_bins(greedy_bins(model, batch), n_bins).cpu().numpy()
+            bins = greedy_bins(model, batch)
+            actions = from_bins(bins, n_bins).cpu().numpy()
             for i, env in enumerate(active_envs):
                 if not alive[i]:
                     continue
+                if record is not None:
+                    ep_bins[i].append(tuple(bins[i].tolist()))
                 obs[i], reward, terminated, truncated, info = env.step(actions[i])
                 ep_return[i] += float(reward)
                 if "success" in info:
                     ep_success[i] = max(ep_success[i] or 0.0, float(info["success"]))
                 alive[i] = not (terminated or truncated)
+        if record is not None:
+            record.extend({"episode": e, "return": r, "success": s, "first_obs": o, "bins": b}
+                          for e, r, s, o, b in zip(ids, ep_return, ep_success, first_obs, ep_bins))
         successes += sum(s for s in ep_success if s is not None)
         reported += sum(s is not None for s in ep_success)
         returns += sum(ep_return)

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from conftest import run_train
+from dqt.bench import policy
 
 pytestmark = pytest.mark.slow
 
@@ -26,3 +27,20 @@ def test_toy_env_needing_joint_dimensions_is_learned(tmp_path):
     assert evals[-1]["eval/success_rate"] >= 0.95, evals
     assert (tmp_path / "learning_curve.png").exists()
     assert (tmp_path / ".hydra" / "config.yaml").exists()
+
+    # dqt-bench policy replays the final evaluation from the final checkpoint: the same episodes, the same numbers
+    report = policy.replay(tmp_path)
+    assert report["step"] == 2400 and [e["episode"] for e in report["episodes"]] == list(range(200))
+    assert sum(e["return"] for e in report["episodes"]) / 200 == pytest.approx(evals[-1]["eval/return"], abs=1e-12)
+    assert sum(e["success"] for e in report["episodes"]) / 200 == pytest.approx(evals[-1]["eval/success_rate"], abs=1e-12)
+    assert all(len(e["bins"]) == 1 for e in report["episodes"])  # Combo's episodes are one step long
+    assert sum(share for _, share in report["actions"]) == pytest.approx(1.0)
+    assert len(report["actions"]) >= 4  # four contexts, each with its own chain of quarters: one action cannot do
+
+
+def test_policy_report_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        policy.main([str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"dqt-bench policy: run_dir={tmp_path} is not allowed: no .hydra/config.yaml there (expected a dqt run directory)"

@@ -1,0 +1,111 @@
+"""`dqt-bench policy RUN_DIR`: what a run's greedy policy does, read off its newest complete checkpoint.
+
+Replays the run's evaluation with the checkpoint's model (the same envs, seeds, episode ids and batches as
+the run's own evaluations, so at the run's final checkpoint it gives the final `eval/return`) and prints,
+per episode, the return, length and success, then:
+- the greedy actions' share of all steps, commonest first: a policy that barely depends on the state shows
+  up as one or two actions at most of the steps;
+- the model's value of the greedy action at each episode's first state, mapped (the [0, 1] scale Q is
+  learned on) and in reward units (the value map undone), to hold against the returns.
+
+    dqt-bench policy results/learning/reacher/seed1
+    dqt-bench policy runs/mw-door-unlock/2026-11-26_01-00-00 --step 10000 --top 5
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="dqt-bench policy", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path, help="a run directory (its .hydra/config.yaml and checkpoints/)")
+    parser.add_argument("--step", type=int, default=None, help="the generation at this step (default: the newest)")
+    parser.add_argument("--top", type=int, default=3, help="how many of the commonest actions to show")
+    args = parser.parse_args(argv)
+    from dqt.errors import EXIT_CONFIG, ConfigError
+
+    try:
+        report = replay(args.run_dir, args.step)
+    except ConfigError as error:
+        print(f"dqt-bench policy: {error}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    print(format_report(report, args.top))
+
+
+def replay(run_dir: Path, step: int | None = None) -> dict:
+    """Evaluate the checkpoint of `run_dir` at `step` (newest complete generation if None) as the run did."""
+    from omegaconf import OmegaConf
+
+    from dqt import checkpoint, generations
+    from dqt.algorithm import ValueMap, from_bins
+    from dqt.collector import evaluate
+    from dqt.config import validate
+    from dqt.envs import eval_seed, make_task
+    from dqt.errors import ConfigError
+    from dqt.model import QTransformer
+
+    config = run_dir / ".hydra" / "config.yaml"
+    if not config.exists():
+        raise ConfigError(f"run_dir={run_dir} is not allowed: no .hydra/config.yaml there (expected a dqt run directory)")
+    cfg = validate(OmegaConf.load(config))
+    found = {g.step: g for g in generations.complete(run_dir)}
+    if not found:
+        raise ConfigError(f"run_dir={run_dir} is not allowed: it has no complete checkpoint generation")
+    if step is not None and step not in found:
+        raise ConfigError(f"--step={step} is not allowed: {run_dir} has complete checkpoint generations at "
+                          f"{sorted(found)}")
+    generation = found[max(found) if step is None else step]
+    state = checkpoint.load(generation.agent_file(0))  # DDP keeps every agent's weights the same
+    task = make_task(cfg["task"], cfg["action_repeat"], cfg["episode_length"])
+    model = QTransformer(task.obs_dim, task.action_dim, cfg["bins"], **cfg["model"])
+    model.load_state_dict(state["learner"]["model"])
+    model.eval()
+    value_map = ValueMap(*state["learner"]["value_map"])
+    torch.manual_seed(0)
+
+    # as the worker does: each agent evaluates every N-th episode on ceil(E / N) envs built with eval_seed
+    agents, episodes, seed = generation.num_agents, cfg["eval_episodes"], eval_seed(cfg["seed"])
+    envs = [task.build(seed, seed) for _ in range(-(-episodes // agents))]
+    record: list[dict] = []
+    for rank in range(agents):
+        evaluate(task, model, envs, list(range(rank, episodes, agents)), cfg["bins"], seed, torch.device("cpu"), record)
+    record.sort(key=lambda e: e["episode"])
+    first_obs = torch.as_tensor(np.stack([e["first_obs"] for e in record]), dtype=torch.float32)
+    first_bins = torch.tensor([e["bins"][0] for e in record])
+    with torch.inference_mode():  # the last token's Q at the greedy bins: the value of the whole greedy action
+        q = model(first_obs, first_bins[:, :-1])[:, -1].gather(-1, first_bins[:, -1:]).squeeze(-1)
+    counts = collections.Counter(b for e in record for b in e["bins"])
+    steps = sum(counts.values())
+    actions = [(tuple(round(float(a), 3) for a in from_bins(torch.tensor(b), cfg["bins"])), n / steps)
+               for b, n in counts.most_common()]
+    return {"run_dir": str(run_dir), "step": generation.step, "task": cfg["task"], "episodes": record,
+            "actions": actions, "q_first": q.tolist(), "q_first_raw": [v / value_map.scale + value_map.low for v in q.tolist()]}
+
+
+def format_report(report: dict, top: int) -> str:
+    episodes = report["episodes"]
+    lines = [f"{report['run_dir']}: {report['task']}, checkpoint at {report['step']} env steps per agent, "
+             f"{len(episodes)} greedy episodes"]
+    for e, q, raw in zip(episodes, report["q_first"], report["q_first_raw"]):
+        success = "" if e["success"] is None else f"  success {e['success']:.0f}"
+        lines.append(f"  episode {e['episode']:3d}  return {e['return']:10.2f}  steps {len(e['bins']):5d}{success}"
+                     f"  Q(first state) {q:.4f} mapped, {raw:.2f} reward")
+    returns = [e["return"] for e in episodes]
+    lines.append(f"mean return {statistics.fmean(returns):.4f}" + (
+        f", success rate {statistics.fmean(e['success'] for e in episodes):.4f}"
+        if all(e["success"] is not None for e in episodes) else ""))
+    lines.append(f"{len(report['actions'])} distinct greedy actions; the commonest, share of all steps:")
+    lines += [f"  {action}  {share:.3f}" for action, share in report["actions"][:top]]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
