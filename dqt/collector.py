@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from dqt.algorithm import from_bins, to_bins
-from dqt.envs import Task
+from dqt.envs import Task, eval_seed
 from dqt.envs.snapshot import SnapshotError, mismatch, restore, snapshot
 from dqt.errors import RunError
 from dqt.model import greedy_bins
@@ -211,6 +211,18 @@ def collect_demos(collector: Collector, replay: EpisodeReplay, expert_factory, e
 
 
 @torch.no_grad()
+def eval_share(rank: int, episodes: int, agents: int) -> list[int]:
+    """The evaluation episode ids agent `rank` plays: every N-th (MetaWorld: goal ids, split evenly)."""
+    return list(range(rank, episodes, agents))
+
+
+def make_eval_envs(task: Task, seed: int, episodes: int, agents: int) -> list:
+    """One env per episode of an agent's largest share, each built with eval_seed(seed), so the greedy decode
+    runs on a whole share as one batch. Every episode starts from reset(seed=...) (gym) or a fixed goal
+    (MetaWorld), so envs reused from evaluation to evaluation play the same episodes as fresh ones."""
+    return [task.build(eval_seed(seed), eval_seed(seed)) for _ in range(-(-episodes // agents))]
+
+
 def evaluate(task: Task, model: torch.nn.Module, envs: list, episode_ids: list[int], n_bins: int,
              seed: int, device: torch.device, record: list | None = None) -> tuple[float, float, int, int]:
     """Greedy episodes with ids `episode_ids` (MetaWorld: goal ids).

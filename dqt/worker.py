@@ -14,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dqt import aggregation, checkpoint, distributed
 from dqt.algorithm import ValueMap, value_map
-from dqt.collector import Collector, collect_demos, evaluate, explore
+from dqt.collector import Collector, collect_demos, eval_share, evaluate, explore, make_eval_envs
 from dqt.envs import env_seed, eval_seed, goals_seed, make_task
 from dqt.errors import EXIT_RUN, RunError
 from dqt.learner import Learner
@@ -76,9 +76,7 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
     noisy = cfg["noise"]["agents"] == "all" or rank in cfg["noise"]["agents"]
     envs = task.make_vector_env([env_seed(cfg["seed"], rank, i, num_envs) for i in range(num_envs)],
                                 goals_seed(cfg["seed"], rank), noise if noisy else None)
-    # one eval env per episode of this agent's share: greedy decode runs on all of them as one batch
-    eval_envs = [task.build(eval_seed(cfg["seed"]), eval_seed(cfg["seed"]))
-                 for _ in range(-(-cfg["eval_episodes"] // agents))]
+    eval_envs = make_eval_envs(task, cfg["seed"], cfg["eval_episodes"], agents)
     model = QTransformer(task.obs_dim, task.action_dim, cfg["bins"], **cfg["model"]).to(device)
     ddp = DDP(model, device_ids=[device] if device.type == "cuda" else None)
     faults = aggregation.FaultSpec(tuple(cfg["faults"]["agents"]), cfg["faults"]["kind"], cfg["faults"]["magnitude"],
@@ -196,7 +194,7 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
         base = {"env_steps": counters["env_steps"], "total_env_steps": counters["env_steps"] * agents,
                 "updates": learner.updates}
         if counters["env_steps"] >= counters["next_eval"] or done:
-            mine = list(range(rank, cfg["eval_episodes"], agents))
+            mine = eval_share(rank, cfg["eval_episodes"], agents)
             result = torch.tensor(evaluate(task, model, eval_envs, mine, cfg["bins"], eval_seed(cfg["seed"]), device),
                                   dtype=torch.float64)
             dist.all_reduce(result)

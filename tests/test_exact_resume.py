@@ -10,6 +10,7 @@ import pytest
 
 from conftest import newest_checkpoint, run_train, start_train, wait_for_generation
 from dqt import generations
+from dqt.bench import policy
 from dqt.logger import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -58,6 +59,15 @@ def test_a_killed_job_resumed_logs_the_rows_of_the_uninterrupted_run(tmp_path):
     assert [r["env_steps"] for r in expected if "eval/return" in r] == [80, 160, 240, 300]
     assert [r["env_steps"] for r in expected if "train/loss" in r] == [60, 120, 180, 240, 300]
     assert got == expected
+
+    # dqt-bench policy replays the final evaluation from the final checkpoint: 2 agents, 2 episodes each, up to 8
+    # steps of -distance rewards, so any other seed, episode id, batch or action would move the mean return
+    report = policy.replay(whole)
+    final = [r for r in expected if "eval/return" in r][-1]
+    assert report["step"] == 300 and [e["episode"] for e in report["episodes"]] == [0, 1, 2, 3]
+    assert sum(e["return"] for e in report["episodes"]) / 4 == pytest.approx(final["eval/return"], rel=1e-12)
+    assert sum(e["success"] for e in report["episodes"]) / 4 == pytest.approx(final["eval/success_rate"], abs=1e-12)
+    assert all(1 <= len(e["bins"]) <= 8 for e in report["episodes"])
 
 
 # MetaWorld, 2 agents with 2 envs each: episodes of 10 agent steps, a checkpoint every 50 steps, learning from step 20

@@ -11,7 +11,7 @@ from dqt.bench import policy
 pytestmark = pytest.mark.slow
 
 
-def test_toy_env_needing_joint_dimensions_is_learned(tmp_path):
+def test_toy_env_needing_joint_dimensions_is_learned(tmp_path, capsys):
     result = run_train(
         "task=gym:toy_env:Combo-v0", "num_agents=1", "demos=0", "bins=4", "episode_length=1", "action_repeat=1",
         "num_envs=8", "train_steps=2400", "seed_steps=200", "pretrain_updates=0", "updates_per_step=0.5", "batch_size=128",
@@ -28,19 +28,19 @@ def test_toy_env_needing_joint_dimensions_is_learned(tmp_path):
     assert (tmp_path / "learning_curve.png").exists()
     assert (tmp_path / ".hydra" / "config.yaml").exists()
 
-    # dqt-bench policy replays the final evaluation from the final checkpoint: the same episodes, the same numbers
+    # dqt-bench policy: the final checkpoint's greedy policy, replayed (exactness: tests/test_exact_resume.py)
     report = policy.replay(tmp_path)
     assert report["step"] == 2400 and [e["episode"] for e in report["episodes"]] == list(range(200))
-    assert sum(e["return"] for e in report["episodes"]) / 200 == pytest.approx(evals[-1]["eval/return"], abs=1e-12)
     assert sum(e["success"] for e in report["episodes"]) / 200 == pytest.approx(evals[-1]["eval/success_rate"], abs=1e-12)
     assert all(len(e["bins"]) == 1 for e in report["episodes"])  # Combo's episodes are one step long
     assert sum(share for _, share in report["actions"]) == pytest.approx(1.0)
     assert len(report["actions"]) >= 4  # four contexts, each with its own chain of quarters: one action cannot do
 
-
-def test_policy_report_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
+    # a damaged checkpoint is refused in one line, exit 3
+    agent_file = tmp_path / "checkpoints" / "step_000002400" / "agent0.pt"
+    agent_file.write_bytes(agent_file.read_bytes()[:1000])
     with pytest.raises(SystemExit) as exit_info:
         policy.main([str(tmp_path)])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err == f"dqt-bench policy: run_dir={tmp_path} is not allowed: no .hydra/config.yaml there (expected a dqt run directory)"
+    assert exit_info.value.code == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"dqt-bench policy: checkpoint {agent_file} is unusable: 1000 bytes"), err

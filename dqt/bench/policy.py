@@ -1,7 +1,8 @@
 """`dqt-bench policy RUN_DIR`: what a run's greedy policy does, read off its newest complete checkpoint.
 
 Replays the run's evaluation with the checkpoint's model (the same envs, seeds, episode ids and batches as
-the run's own evaluations, so at the run's final checkpoint it gives the final `eval/return`) and prints,
+the run's own evaluations, so at the run's final checkpoint it gives the final `eval/return`; runs on
+CUDA evaluated there, this replays on CPU, which may differ in the last digits) and prints,
 per episode, the return, length and success, then:
 - the greedy actions' share of all steps, commonest first: a policy that barely depends on the state shows
   up as one or two actions at most of the steps;
@@ -28,55 +29,76 @@ def main(argv: list[str]) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path, help="a run directory (its .hydra/config.yaml and checkpoints/)")
     parser.add_argument("--step", type=int, default=None, help="the generation at this step (default: the newest)")
-    parser.add_argument("--top", type=int, default=3, help="how many of the commonest actions to show")
+    parser.add_argument("--top", type=int, default=3, help="how many of the commonest actions to show (>= 1)")
     args = parser.parse_args(argv)
-    from dqt.errors import EXIT_CONFIG, ConfigError
+    from dqt.errors import EXIT_CONFIG, EXIT_RUN, ConfigError, RunError
 
     try:
+        if args.top < 1:
+            raise ConfigError(f"--top={args.top} is not allowed: expected an integer >= 1")
         report = replay(args.run_dir, args.step)
-    except ConfigError as error:
+    except (ConfigError, RunError) as error:
         print(f"dqt-bench policy: {error}", file=sys.stderr)
-        sys.exit(EXIT_CONFIG)
+        sys.exit(EXIT_CONFIG if isinstance(error, ConfigError) else EXIT_RUN)
     print(format_report(report, args.top))
+
+
+def run_config(run_dir: Path) -> dict:
+    """The run's config, validated, with keys added to dqt since the run at their defaults (conf/config.yaml)."""
+    from omegaconf import OmegaConf
+
+    from dqt.config import validate
+    from dqt.errors import ConfigError
+    from dqt.train import CONFIG_DIR
+
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.exists():
+        raise ConfigError(f"run_dir={run_dir} is not allowed: no .hydra/config.yaml there (expected a dqt run directory)")
+    defaults = OmegaConf.load(Path(CONFIG_DIR) / "config.yaml")
+    for key in ("defaults", "hydra"):
+        defaults.pop(key, None)
+    return validate(OmegaConf.merge(defaults, OmegaConf.load(saved)))
 
 
 def replay(run_dir: Path, step: int | None = None) -> dict:
     """Evaluate the checkpoint of `run_dir` at `step` (newest complete generation if None) as the run did."""
-    from omegaconf import OmegaConf
-
     from dqt import checkpoint, generations
     from dqt.algorithm import ValueMap, from_bins
-    from dqt.collector import evaluate
-    from dqt.config import validate
+    from dqt.collector import eval_share, evaluate, make_eval_envs
     from dqt.envs import eval_seed, make_task
-    from dqt.errors import ConfigError
+    from dqt.errors import ConfigError, RunError
     from dqt.model import QTransformer
 
-    config = run_dir / ".hydra" / "config.yaml"
-    if not config.exists():
-        raise ConfigError(f"run_dir={run_dir} is not allowed: no .hydra/config.yaml there (expected a dqt run directory)")
-    cfg = validate(OmegaConf.load(config))
+    cfg = run_config(run_dir)
     found = {g.step: g for g in generations.complete(run_dir)}
     if not found:
-        raise ConfigError(f"run_dir={run_dir} is not allowed: it has no complete checkpoint generation")
+        raise ConfigError(f"run_dir={run_dir} is not allowed: it has no complete checkpoint generation "
+                          "(checkpoints/ is not committed with results: run it again to get one)")
     if step is not None and step not in found:
-        raise ConfigError(f"--step={step} is not allowed: {run_dir} has complete checkpoint generations at "
-                          f"{sorted(found)}")
+        raise ConfigError(f"--step={step} is not allowed: {run_dir} has complete checkpoint generations at {sorted(found)}")
     generation = found[max(found) if step is None else step]
-    state = checkpoint.load(generation.agent_file(0))  # DDP keeps every agent's weights the same
+    problem = generations.verify(generation, 0)  # DDP keeps every agent's weights the same: agent 0's will do
     task = make_task(cfg["task"], cfg["action_repeat"], cfg["episode_length"])
     model = QTransformer(task.obs_dim, task.action_dim, cfg["bins"], **cfg["model"])
-    model.load_state_dict(state["learner"]["model"])
+    try:
+        if problem:
+            raise RunError(problem)
+        state = checkpoint.load(generation.agent_file(0))
+        model.load_state_dict(state["learner"]["model"])
+    except Exception as error:  # damaged file, or weights of another shape than the config's model
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RunError(f"checkpoint {generation.agent_file(0)} is unusable: {first}") from None
     model.eval()
     value_map = ValueMap(*state["learner"]["value_map"])
-    torch.manual_seed(0)
+    # the worker's thread count: a different one may sum in another order and flip a near-tie between bins
+    torch.set_num_threads(cfg["threads"] or 1)
 
-    # as the worker does: each agent evaluates every N-th episode on ceil(E / N) envs built with eval_seed
-    agents, episodes, seed = generation.num_agents, cfg["eval_episodes"], eval_seed(cfg["seed"])
-    envs = [task.build(seed, seed) for _ in range(-(-episodes // agents))]
+    agents, episodes = generation.num_agents, cfg["eval_episodes"]
+    envs = make_eval_envs(task, cfg["seed"], episodes, agents)
     record: list[dict] = []
-    for rank in range(agents):
-        evaluate(task, model, envs, list(range(rank, episodes, agents)), cfg["bins"], seed, torch.device("cpu"), record)
+    for rank in range(agents):  # each agent's share as one batch, as the run's agents played them
+        evaluate(task, model, envs, eval_share(rank, episodes, agents), cfg["bins"], eval_seed(cfg["seed"]),
+                 torch.device("cpu"), record)
     record.sort(key=lambda e: e["episode"])
     first_obs = torch.as_tensor(np.stack([e["first_obs"] for e in record]), dtype=torch.float32)
     first_bins = torch.tensor([e["bins"][0] for e in record])

@@ -1,0 +1,28 @@
+"""dqt-bench policy's refusals (its replay is checked on real runs in test_learning and test_exact_resume)."""
+from __future__ import annotations
+
+import pytest
+
+from dqt.bench import policy
+
+
+@pytest.mark.parametrize("args, message", [
+    (lambda d: [str(d)], lambda d: f"run_dir={d} is not allowed: no .hydra/config.yaml there (expected a dqt run directory)"),
+    (lambda d: [str(d), "--top", "0"], lambda d: "--top=0 is not allowed: expected an integer >= 1"),
+])
+def test_refused_in_one_line_with_exit_2(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        policy.main(args(tmp_path))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"dqt-bench policy: {message(tmp_path)}"
+
+
+def test_a_run_without_checkpoints_is_refused(tmp_path, capsys):
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("task: gym:InvertedPendulum-v5\nnum_agents: 1\ndemos: 0\n")
+    with pytest.raises(SystemExit) as exit_info:
+        policy.main([str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"dqt-bench policy: run_dir={tmp_path} is not allowed: it has no complete checkpoint generation "
+        "(checkpoints/ is not committed with results: run it again to get one)")
