@@ -210,7 +210,6 @@ def collect_demos(collector: Collector, replay: EpisodeReplay, expert_factory, e
     collector.replay = own_replay
 
 
-@torch.no_grad()
 def eval_share(rank: int, episodes: int, agents: int) -> list[int]:
     """The evaluation episode ids agent `rank` plays: every N-th (MetaWorld: goal ids, split evenly)."""
     return list(range(rank, episodes, agents))
@@ -223,6 +222,7 @@ def make_eval_envs(task: Task, seed: int, episodes: int, agents: int) -> list:
     return [task.build(eval_seed(seed), eval_seed(seed)) for _ in range(-(-episodes // agents))]
 
 
+@torch.no_grad()
 def evaluate(task: Task, model: torch.nn.Module, envs: list, episode_ids: list[int], n_bins: int,
              seed: int, device: torch.device, record: list | None = None) -> tuple[float, float, int, int]:
     """Greedy episodes with ids `episode_ids` (MetaWorld: goal ids).
