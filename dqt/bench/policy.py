@@ -90,7 +90,8 @@ def replay(run_dir: Path, step: int | None = None) -> dict:
         raise RunError(f"checkpoint {generation.agent_file(0)} is unusable: {first}") from None
     model.eval()
     value_map = ValueMap(*state["learner"]["value_map"])
-    # the worker's thread count: a different one may sum in another order and flip a near-tie between bins
+    # the run's threads (the benchmark sets 1; with threads=null the run used its cores / agents, and a different
+    # count may sum in another order and flip a near-tie between bins)
     torch.set_num_threads(cfg["threads"] or 1)
 
     agents, episodes = generation.num_agents, cfg["eval_episodes"]
