@@ -180,6 +180,15 @@ def test_discount_one_with_auto_reward_scale_is_rejected():
     assert "discount=1" in str(error.value)
 
 
+def test_updates_per_step_auto_is_half_with_demos_and_one_without():
+    assert validate(_compose())["updates_per_step"] == 0.5  # default: demos=50
+    assert validate(_compose("demos=0"))["updates_per_step"] == 1.0
+    assert validate(_compose("demos=0", "updates_per_step=0.25"))["updates_per_step"] == 0.25
+    with pytest.raises(ConfigError) as error:
+        validate(_compose("updates_per_step=often"))
+    assert str(error.value) == "updates_per_step='often' is not allowed: expected auto or a number > 0"
+
+
 def test_resume_is_true_false_or_auto():
     assert [validate(_compose(f"resume={value}"))["resume"] for value in ("true", "false", "auto")] == [True, False, "auto"]
 
