@@ -424,3 +424,12 @@ def test_robust_rules_shrug_off_one_faulty_agent_of_four(four_ranks):
     # The same fault under the mean: the weights blow up (first huge, then inf/NaN).
     assert not torch.isfinite(final["mean_scaled"]).all() or final["mean_scaled"].abs().max() > 1e6
     assert torch.isnan(final["mean_nan"]).all()
+
+
+def test_at_four_agents_a_trimmed_mean_of_a_quarter_is_the_median():
+    # why the CPU-scale noise preset (4 agents) has minority_trimmed but not minority_median (conf/defence/)
+    values = torch.randn(4, 1000, generator=torch.Generator().manual_seed(0))
+    middle = values.sort(dim=0).values[1:3]
+    assert torch.equal(coordinate_median(values), coordinate_trimmed_mean(values, 0.25))
+    assert torch.allclose(coordinate_median(values), middle.mean(0), rtol=0, atol=1e-7)
+    assert not torch.allclose(coordinate_median(values), values.mean(0), atol=1e-3)

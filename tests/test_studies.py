@@ -28,8 +28,8 @@ PRESETS = {
     "noise": (5 * 3, 3, 4),
     "lr": (6 * 3, 3, 2),
     "scaling_full": (4 * 3, 3, 11),
-    "noise_full": (3 * 4 * 5 * 3, 3, 4),
-    "lr_full": (6 * 3, 3, 4),
+    "noise_full": (3 * 4 * 6 * 3, 3, 7),
+    "lr_full": (4 * 6 * 3, 3, 11),
 }
 
 
@@ -91,7 +91,7 @@ def test_every_cell_of_a_preset_validates_on_this_trainer(study):
             if study.startswith("noise"):
                 defence = next(o.split("=")[1] for o in cell if o.startswith("+defence="))
                 assert cfg["noise"]["agents"] == ([0] if defence.startswith("minority") else "all"), cell
-                assert cfg["noise"]["std"] > 0 and cfg["num_agents"] == 4
+                assert cfg["noise"]["std"] > 0 and cfg["num_agents"] == PRESETS[study][2]
             assert cfg["wandb"]["tags"] == [study]
 
 
@@ -114,7 +114,7 @@ def test_a_run_directory_name_too_long_for_the_filesystem_is_refused_in_one_line
 
 @pytest.mark.parametrize("defence, aggregation, reads", [
     ("none", "mean", 1), ("smoothing", "mean", 5), ("median", "median", 1), ("minority", "mean", 1),
-    ("minority_trimmed", "trimmed_mean", 1),
+    ("minority_median", "median", 1), ("minority_trimmed", "trimmed_mean", 1),
 ])
 def test_defences_set_the_aggregation_and_reads(defence, aggregation, reads):
     cfg = _compose("+study=noise", f"+defence={defence}")

@@ -150,6 +150,21 @@ def test_noisy_rewards_are_logged_and_plateau_follows_the_eval_returns(tmp_path)
     assert saved["learner"]["optimizer"]["param_groups"][0]["lr"] == pytest.approx(expected[-1], rel=1e-12)
 
 
+def test_noise_reaches_only_the_ranks_in_noise_agents(tmp_path):
+    # 2 agents, noise on rank 1 only: rank 0's replay holds the toy's clean one-step returns (reward 0 or 1,
+    # and the empty row after each episode's end), rank 1's a different Gaussian draw on every step
+    toy = [o for o in TOY if not o.startswith("num_agents=")]
+    result = run_train(*toy, "num_agents=2", "threads=1", "train_steps=200", "noise.std=3.0", "noise.agents=[1]",
+                       f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    distinct = []
+    for rank in (0, 1):
+        replay = newest_checkpoint(tmp_path, rank)["replay"]
+        assert replay["transitions_added"] == 200
+        distinct.append(len(set(replay["nstep_return"][replay["sampleable"]].tolist())))
+    assert distinct[0] <= 2 and distinct[1] >= 150, distinct
+
+
 def test_wandb_gets_the_configured_tags(tmp_path, monkeypatch):
     import wandb
 
@@ -160,3 +175,4 @@ def test_wandb_gets_the_configured_tags(tmp_path, monkeypatch):
     cfg = {"wandb": {"mode": "offline", "project": "dqt", "group": "scaling", "name": None, "tags": ["scaling"]}}
     assert _start_wandb(cfg, tmp_path) == "run"
     assert seen["tags"] == ["scaling"] and seen["group"] == "scaling"
+    assert seen["config"] is cfg  # the cell's keys, so a sweep's runs can be told apart on the dashboard
