@@ -133,14 +133,14 @@ def test_slurm_launcher_runs_one_dqt_train_per_job_on_one_node():
 @pytest.mark.slow
 def test_a_preset_sweeps_through_submitit(tmp_path):
     """Two cells of the toy task through hydra/launcher=submitit_local (what hydra/launcher=slurm runs on a
-    cluster); dqt-train starts its agents itself inside the job, and dqt-report reads the sweep."""
+    cluster): one agent, and two agents that dqt-train starts itself inside the job; dqt-report reads the sweep."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    result = run_train("+study=scaling", "hydra/launcher=submitit_local", *TOY, "num_agents=1", "seed=1",
-                       "lr=0.001,0.0005", "train_steps=100", "threads=1", f"hydra.sweep.dir={tmp_path}",
+    result = run_train("+study=scaling", "hydra/launcher=submitit_local", *TOY, "num_agents=1,2", "seed=1",
+                       "train_steps=100", "threads=1", f"hydra.sweep.dir={tmp_path}",
                        "hydra.sweep.subdir=${hydra.job.num}", timeout=240)  # TOY's overrides: too long a name
     assert result.returncode == 0, result.stderr[-3000:]
-    for job in ("0", "1"):
+    for job, agents in (("0", 1), ("1", 2)):
         rows = [json.loads(line) for line in (tmp_path / job / "metrics.jsonl").read_text().splitlines()]
-        assert rows[-1]["env_steps"] == 100
+        assert rows[-1]["env_steps"] == 100 and rows[-1]["total_env_steps"] == 100 * agents
     text = report.write_report([tmp_path], tmp_path).read_text()
-    assert "2 runs in 2 cells" in text and "| lr=0.0005 | 1 |" in text and "| lr=0.001 | 1 |" in text
+    assert "2 runs in 2 cells" in text and "| num_agents=1 | 1 |" in text and "| num_agents=2 | 1 |" in text
