@@ -34,6 +34,10 @@ class ValueMap:
         """The mapped value of a terminal state."""
         return -self.scale * self.low
 
+    def unmap(self, mapped: float) -> float:
+        """A mapped value back in reward units: Q = Q' / scale + low."""
+        return mapped / self.scale + self.low
+
     def returns(self, raw: torch.Tensor, steps: torch.Tensor, terminated: torch.Tensor, discount: float) -> torch.Tensor:
         """Map raw discounted sums of `steps` rewards; where `terminated`, the sum ends in a terminal state.
 

@@ -208,6 +208,19 @@ def _unknown_keys(node: dict, prefix: str = "") -> list[str]:
     return unknown
 
 
+def resolve_auto(plain: dict) -> dict:
+    """Replace the `auto` values of `plain` (in place, and returned) by what they mean for its task and data."""
+    # the task's (a gym: env is built once to read its time limit)
+    for key, value in auto_values(plain["task"]).items():
+        if plain[key] == "auto":
+            plain[key] = value
+    if plain["updates_per_step"] == "auto":
+        # from scratch every transition is scarce: twice the updates reached 0.8 on door-unlock on 3 of 3 seeds
+        # where 0.5 did on 1 (README, Learning benchmark); with demos 0.5 already saturates, at half the time
+        plain["updates_per_step"] = 0.5 if plain["demos"] else 1.0
+    return plain
+
+
 def validate(cfg: DictConfig, world_size: int | None = None) -> dict:
     """Check every key of `cfg`; return it as a plain dict with `num_agents` and the `auto` values resolved.
 
@@ -261,15 +274,7 @@ def validate(cfg: DictConfig, world_size: int | None = None) -> dict:
     if plain["lr_scale"] == "log_n" and n < 2:
         raise ConfigError(f"lr_scale='log_n' is not allowed with num_agents={n}: lr * ln N would be 0; "
                           "log_n needs num_agents >= 2 (use none for one agent)")
-    # `auto` values depend on the task (a gym: env is built once to read its time limit); resolved before the
-    # checks that read them
-    for key, value in auto_values(plain["task"]).items():
-        if plain[key] == "auto":
-            plain[key] = value
-    if plain["updates_per_step"] == "auto":
-        # from scratch every transition is scarce: twice the updates reached 0.8 on door-unlock on 3 of 3 seeds
-        # where 0.5 did on 1 (README, Learning benchmark); with demos 0.5 already saturates, at half the time
-        plain["updates_per_step"] = 0.5 if plain["demos"] else 1.0
+    resolve_auto(plain)  # before the checks that read the resolved values
     if plain["reward_scale"] == "auto" and plain["discount"] == 1:
         raise ConfigError("discount=1 is not allowed with reward_scale=auto: the value map divides by 1 - discount; "
                           "set reward_scale to a number or discount < 1")

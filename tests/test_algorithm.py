@@ -399,3 +399,9 @@ def test_learner_clips_targets_to_the_rewards_seen_only_with_target_clip():
     unclipped = plain.targets(batch, q)
     assert unclipped.max() > 1.0 and unclipped.min() < 0.5  # the test would show nothing otherwise
     assert torch.equal(clipped.targets(batch, q), unclipped.clamp(0.5, 1.0))
+
+
+def test_unmap_undoes_the_value_map():
+    # scale 0.125, low -4: a mapped 0 is the lowest value (-4), a mapped 1 is -4 + 8 = 4, 0.25 is -2
+    vmap = algorithm.ValueMap(scale=0.125, low=-4.0)
+    assert [vmap.unmap(q) for q in (0.0, 1.0, 0.25)] == [-4.0, 4.0, -2.0]

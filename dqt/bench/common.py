@@ -6,20 +6,24 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 CONFIG = Path(__file__).resolve().parents[2] / "conf" / "config.yaml"
 
 
+def config_defaults() -> DictConfig:
+    """conf/config.yaml without its hydra and defaults sections: every dqt key at its default."""
+    cfg = OmegaConf.load(CONFIG)
+    for key in ("hydra", "defaults"):
+        cfg.pop(key, None)
+    return cfg
+
+
 def default_config() -> dict:
     """conf/config.yaml without the hydra section, as a plain dict, `auto` values resolved for its task."""
-    from dqt.envs import auto_values
+    from dqt.config import resolve_auto
 
-    cfg = OmegaConf.to_container(OmegaConf.load(CONFIG), resolve=False)
-    cfg.pop("hydra", None)
-    cfg.pop("defaults", None)
-    cfg.update({key: value for key, value in auto_values(cfg["task"]).items() if cfg[key] == "auto"})
-    return cfg
+    return resolve_auto(OmegaConf.to_container(config_defaults(), resolve=False))
 
 
 def median_times(fns: list[Callable[[], object]], repeats: int, warmup: int = 3) -> list[float]:

@@ -47,17 +47,14 @@ def run_config(run_dir: Path) -> dict:
     """The run's config, validated, with keys added to dqt since the run at their defaults (conf/config.yaml)."""
     from omegaconf import OmegaConf
 
+    from dqt.bench.common import config_defaults
     from dqt.config import validate
     from dqt.errors import ConfigError
-    from dqt.train import CONFIG_DIR
 
     saved = run_dir / ".hydra" / "config.yaml"
     if not saved.exists():
         raise ConfigError(f"run_dir={run_dir} is not allowed: no .hydra/config.yaml there (expected a dqt run directory)")
-    defaults = OmegaConf.load(Path(CONFIG_DIR) / "config.yaml")
-    for key in ("defaults", "hydra"):
-        defaults.pop(key, None)
-    return validate(OmegaConf.merge(defaults, OmegaConf.load(saved)))
+    return validate(OmegaConf.merge(config_defaults(), OmegaConf.load(saved)))
 
 
 def replay(run_dir: Path, step: int | None = None) -> dict:
@@ -110,7 +107,7 @@ def replay(run_dir: Path, step: int | None = None) -> dict:
     actions = [(tuple(round(float(a), 3) for a in from_bins(torch.tensor(b), cfg["bins"])), n / steps)
                for b, n in counts.most_common()]
     return {"run_dir": str(run_dir), "step": generation.step, "task": cfg["task"], "episodes": record,
-            "actions": actions, "q_first": q.tolist(), "q_first_raw": [v / value_map.scale + value_map.low for v in q.tolist()]}
+            "actions": actions, "q_first": q.tolist(), "q_first_raw": [value_map.unmap(v) for v in q.tolist()]}
 
 
 def format_report(report: dict, top: int) -> str:
