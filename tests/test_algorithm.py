@@ -146,6 +146,28 @@ def test_double_q_targets_value_the_online_argmax_with_the_target_net():
     assert torch.equal(y, torch.tensor([[1.0, 2.0]]))
 
 
+def test_action_gaps_are_the_best_bin_minus_the_data_bin_of_the_target_net():
+    # TARGET_Q row 0: dim 0 max 0.5, data bin 0 (0.125); dim 1 max 0.875, data bin 1 (the max itself)
+    # row 1: dim 0 max 0.75, data bin 2 (0.625); dim 1 max 0.8125, data bin 0 (0.25)
+    data_bins = torch.tensor([[0, 1], [2, 0]])
+    gaps = algorithm.action_gaps(_QAsFeatures(), TARGET_Q, data_bins)
+    assert torch.equal(gaps, torch.tensor([[0.375, 0.0], [0.125, 0.5625]]))
+
+
+def test_advantage_learning_lowers_each_target_by_alpha_times_its_gap_after_the_mc_bound():
+    # with the MC bound (test_targets_with_mc_bound): [[0.9375, 0.9375], [0.8125, 0.5]]
+    gaps = torch.tensor([[0.375, 0.0], [0.125, 0.5625]])
+    head = _QAsFeatures()
+    y = algorithm.targets(algorithm.greedy_values(head, TARGET_Q[:, 1:]), algorithm.greedy_values(head, TARGET_Q_NEXT_FIRST),
+                          NSTEP_RETURN, BOOTSTRAP, MC_RETURN, True, None, gaps, advantage_learning=0.5)
+    # 0.9375 - 0.1875, 0.9375 - 0; 0.8125 - 0.0625, 0.5 - 0.28125: the bound lifts first, then the gap lowers
+    assert torch.equal(y, torch.tensor([[0.75, 0.9375], [0.75, 0.21875]]))
+    # alpha 0 leaves the targets alone whatever the gaps
+    y0 = algorithm.targets(algorithm.greedy_values(head, TARGET_Q[:, 1:]), algorithm.greedy_values(head, TARGET_Q_NEXT_FIRST),
+                           NSTEP_RETURN, BOOTSTRAP, MC_RETURN, True, None, gaps, advantage_learning=0.0)
+    assert torch.equal(y0, torch.tensor([[0.9375, 0.9375], [0.8125, 0.5]]))
+
+
 # --------------------------------------------------------------------------------------------------
 # loss: B = 2, d = 2, bins = 3
 
@@ -245,7 +267,7 @@ def test_loss_gradient_flows_into_q_only():
 
 LEARNER_CFG = {"lr": 1e-3, "weight_decay": 0.0, "lr_schedule": "constant", "lr_final": 0.1, "lr_scale": "none",
                "num_agents": 1, "lr_plateau": {"factor": 0.5, "patience": 3}, "mc_lower_bound": True,
-               "target_clip": False, "excess_weight": 0.0,
+               "target_clip": False, "excess_weight": 0.0, "advantage_learning": 0.0,
                "conservative_weight": 0.5, "grad_clip": 10.0, "tau": 0.005, "double_q": True, "discount": 0.5,
                "conservative_rows": "all"}
 
