@@ -59,6 +59,28 @@ class ValueMap:
         return self.scale * (low - self.low), self.scale * (high - self.low)
 
 
+def behaviour_value_terms(mapped_return: torch.Tensor, to_end: torch.Tensor, terminated: torch.Tensor,
+                          discount: float) -> torch.Tensor:
+    """[sum of mapped returns, sum of tail weights, count] of stored transitions, for `behaviour_value`.
+
+    mapped_return: [N] the mapped Monte-Carlo returns-to-go (`ValueMap.returns`, terminal values included);
+    to_end [N]: steps to the episode's end; terminated [N] bool. A truncated episode's missing tail has the
+    weight gamma^to_end, a terminated one's none. Sums, so that agents can add theirs (all_reduce).
+    """
+    tail = torch.where(terminated, 0.0, discount ** to_end.double())
+    return torch.stack([mapped_return.double().sum(), tail.sum(), torch.tensor(float(mapped_return.numel()))])
+
+
+def behaviour_value(terms: torch.Tensor) -> float:
+    """The mean mapped value of the data's own behaviour, repeated: where Q starts with `q_init=level`.
+
+    A truncated episode's missing tail is worth the same value again, so with G the mean mapped return and
+    w the mean tail weight (`behaviour_value_terms`), V = G + w V, i.e. V = G / (1 - w).
+    """
+    total, tail, count = terms.tolist()
+    return (total / count) / (1.0 - tail / count)
+
+
 def value_map(reward_scale: float | str, discount: float, reward_low: float, reward_high: float) -> ValueMap:
     """The `ValueMap` for the `reward_scale` key.
 
