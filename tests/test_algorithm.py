@@ -168,6 +168,26 @@ def test_advantage_learning_lowers_each_target_by_alpha_times_its_gap_after_the_
     assert torch.equal(y0, torch.tensor([[0.9375, 0.9375], [0.8125, 0.5]]))
 
 
+def test_behaviour_value_weighs_a_truncated_tail_as_the_same_value_again():
+    # gamma 0.5: a truncated episode's rows 2 and 1 steps from its end (tails 0.25, 0.5), a terminated row (0)
+    terms = algorithm.behaviour_value_terms(torch.tensor([0.5, 0.25, 0.375]), torch.tensor([2, 1, 1]),
+                                            torch.tensor([False, False, True]), 0.5)
+    assert torch.equal(terms, torch.tensor([1.125, 0.75, 3.0], dtype=torch.float64))
+    assert algorithm.behaviour_value(terms) == 0.5  # mean 0.375 / (1 - 0.75 / 3)
+
+
+def test_behaviour_value_of_a_constant_reward_is_its_discounted_sum_forever():
+    # truncated episodes of mapped reward c per step: V = c / (1 - gamma) whatever their lengths
+    c, gamma, mapped, to_end = 0.125, 0.5, [], []
+    for length in (1, 3, 4):
+        for k in range(length, 0, -1):
+            mapped.append(c * (1 - gamma ** k) / (1 - gamma))
+            to_end.append(k)
+    terms = algorithm.behaviour_value_terms(torch.tensor(mapped, dtype=torch.float64), torch.tensor(to_end),
+                                            torch.zeros(len(to_end), dtype=torch.bool), gamma)
+    assert algorithm.behaviour_value(terms) == pytest.approx(c / (1 - gamma), abs=1e-12)
+
+
 # --------------------------------------------------------------------------------------------------
 # loss: B = 2, d = 2, bins = 3
 
