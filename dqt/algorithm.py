@@ -59,28 +59,6 @@ class ValueMap:
         return self.scale * (low - self.low), self.scale * (high - self.low)
 
 
-def behaviour_value_terms(mapped_return: torch.Tensor, to_end: torch.Tensor, terminated: torch.Tensor,
-                          discount: float) -> torch.Tensor:
-    """[sum of mapped returns, sum of tail weights, count] of stored transitions, for `behaviour_value`.
-
-    mapped_return: [N] the mapped Monte-Carlo returns-to-go (`ValueMap.returns`, terminal values included);
-    to_end [N]: steps to the episode's end; terminated [N] bool. A truncated episode's missing tail has the
-    weight gamma^to_end, a terminated one's none. Sums, so that agents can add theirs (all_reduce).
-    """
-    tail = torch.where(terminated, 0.0, discount ** to_end.double())
-    return torch.stack([mapped_return.double().sum(), tail.sum(), torch.tensor(float(mapped_return.numel()))])
-
-
-def behaviour_value(terms: torch.Tensor) -> float:
-    """The mean mapped value of the data's own behaviour, repeated: where Q starts with `q_init=level`.
-
-    A truncated episode's missing tail is worth the same value again, so with G the mean mapped return and
-    w the mean tail weight (`behaviour_value_terms`), V = G + w V, i.e. V = G / (1 - w).
-    """
-    total, tail, count = terms.tolist()
-    return (total / count) / (1.0 - tail / count)
-
-
 def value_map(reward_scale: float | str, discount: float, reward_low: float, reward_high: float) -> ValueMap:
     """The `ValueMap` for the `reward_scale` key.
 
@@ -155,20 +133,9 @@ def greedy_values(head, features: torch.Tensor, online_q: torch.Tensor | None = 
     return head.head_at(features, online_q.argmax(dim=-1))
 
 
-def action_gaps(head, features: torch.Tensor, data_bins: torch.Tensor) -> torch.Tensor:
-    """max_b Q_target(b) - Q_target(data bin) at every token: how far the data's bin is below the best one.
-
-    head: the target network; features [B, d, dim]: its features at (s_t, a_{1:i-1}); data_bins [B, d].
-    Returns [B, d], >= 0, 0 where the data took the target net's best bin.
-    """
-    q = head.head(features)
-    return q.amax(dim=-1) - q.gather(-1, data_bins.unsqueeze(-1)).squeeze(-1)
-
-
 def targets(next_dimension_value: torch.Tensor, next_state_value: torch.Tensor, nstep_return: torch.Tensor,
             bootstrap_discount: torch.Tensor, mc_return: torch.Tensor, mc_lower_bound: bool,
-            value_bounds: tuple[float, float] | None = None, action_gap: torch.Tensor | None = None,
-            advantage_learning: float = 0.0) -> torch.Tensor:
+            value_bounds: tuple[float, float] | None = None) -> torch.Tensor:
     """Bellman targets [B, d] (Sec. 4.1, Eq. 1; Sec. 4.2; Sec. 4.3), from `greedy_values` of the target net.
 
     next_dimension_value: [B, d-1], the value of dimension i+1 at (s_t, a_{1:i}); next_state_value: [B], the
@@ -177,11 +144,6 @@ def targets(next_dimension_value: torch.Tensor, next_state_value: torch.Tensor, 
       i = d:  y_d = R_t^{(m)} + gamma^m (1 - done) max_b Q_1(s_{t+m}, b)  (n-step backup across time steps)
       MC:     y_i = max(y_i, G_t)                                          (Monte-Carlo lower bound)
       clip:   y_i = clamp(y_i, *value_bounds)                  (values the rewards allow, `ValueMap.bounds`)
-      AL:     y_i = y_i - alpha * action_gap_i    (advantage learning, Bellemare et al. 2016, operator T_AL)
-    Advantage learning lowers the target of a bin that is not the target net's best by alpha times its gap,
-    which widens every gap by about 1 / (1 - alpha) and leaves the greedy bin, and so the policy, as it is:
-    where one step's action changes the return by little (fine control steps) the gaps stay above the error
-    of the bootstrapped values. It comes last, so the MC bound and the clip act on the values themselves.
     On rows the conservative term leaves out (the agents' own data) only `loss`'s excess term holds the maxima
     down; without it overestimation compounds through the backups (by up to 1 / (1 - gamma)) and Q climbs past
     anything a policy can reach; the clip stops that at the bound.
@@ -192,8 +154,6 @@ def targets(next_dimension_value: torch.Tensor, next_state_value: torch.Tensor, 
         y = torch.maximum(y, mc_return.unsqueeze(1))
     if value_bounds is not None:
         y = y.clamp(*value_bounds)
-    if advantage_learning > 0:
-        y = y - advantage_learning * action_gap
     return y
 
 

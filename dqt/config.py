@@ -142,8 +142,6 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "conservative_weight": _float(0),
     "conservative_rows": _choice("demos", "all"),
     "excess_weight": _float(0),
-    "advantage_learning": _float(0, 1, hi_open=True),
-    "q_init": _choice("default", "level"),
     "model.dim": _int(1),
     "model.depth": _int(1),
     "model.heads": _int(1),

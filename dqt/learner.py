@@ -149,10 +149,8 @@ class Learner:
         nstep_return = self.value_map.returns(batch["nstep_return"], batch["steps"], bootstrap == 0, discount)
         mc_return = self.value_map.returns(batch["mc_return"], batch["to_end"], batch["terminated"], discount)
         bounds = self.value_map.bounds(*self.reward_range, discount) if self.cfg["target_clip"] else None
-        alpha = self.cfg["advantage_learning"]
-        gaps = algorithm.action_gaps(self.target, features, batch["bins"]) if alpha > 0 else None
         return algorithm.targets(within_step, across_step, nstep_return, bootstrap, mc_return,
-                                 self.cfg["mc_lower_bound"], bounds, gaps, alpha)
+                                 self.cfg["mc_lower_bound"], bounds)
 
     def state_dict(self) -> dict:
         """Model, target, optimiser, scheduler and counters."""

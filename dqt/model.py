@@ -68,15 +68,6 @@ class QTransformer(nn.Module):
         self.value = nn.Linear(dim, 1) if dueling else None
         nn.init.normal_(self.position, std=0.02)
 
-    @torch.no_grad()
-    def start_at(self, level: float) -> None:
-        """Every bin's Q = `level` at every input: output weights 0, biases at the level (`q_init=level`)."""
-        self.advantage.weight.zero_()
-        self.advantage.bias.fill_(0.0 if self.value is not None else level)
-        if self.value is not None:
-            self.value.weight.zero_()
-            self.value.bias.fill_(level)
-
     def forward(self, obs: torch.Tensor, prefix_bins: torch.Tensor) -> torch.Tensor:
         """Q-values [B, k+1, bins] for dimensions 0..k given obs [B, obs_dim] and prefix_bins [B, k] (k < d)."""
         return self.head(self.features(obs, prefix_bins))

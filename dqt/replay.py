@@ -106,11 +106,6 @@ class EpisodeReplay:
             "successor": successor,
         }
 
-    def returns_to_go(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(mc_return, to_end, terminated) of every stored transition, in storage order."""
-        rows = self.sampleable.nonzero().squeeze(1)
-        return self.mc_return[rows], self.to_end[rows].long(), self.terminated[rows]
-
     def state_dict(self) -> dict:
         """Everything needed to restore the buffer (tensors and counters)."""
         return {k: v for k, v in vars(self).items()

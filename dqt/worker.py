@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dqt import aggregation, checkpoint, distributed
-from dqt.algorithm import ValueMap, behaviour_value, behaviour_value_terms, value_map
+from dqt.algorithm import ValueMap, value_map
 from dqt.collector import Collector, collect_demos, eval_share, evaluate, explore, make_eval_envs
 from dqt.envs import env_seed, eval_seed, goals_seed, make_task
 from dqt.errors import EXIT_RUN, RunError
@@ -156,13 +156,6 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
             counters["learning"] = all_agents(len(replay) > 0 or demo_replay is not None)
             if counters["learning"]:
                 learner.value_map = shared_value_map(cfg, task.max_reward_per_step, collector.reward_range)
-                if cfg["q_init"] == "level":
-                    level = shared_behaviour_value(learner.value_map, cfg["discount"], replay, demo_replay)
-                    learner.module.start_at(level)
-                    learner.target.start_at(level)
-                    if ctx.is_main:
-                        print(f"dqt: every Q starts at {level:.4f} (mapped), the value of the data's behaviour",
-                              file=sys.stderr, flush=True)
 
         # act: random bins during the seed steps, then greedy decode plus exploration
         if counters["env_steps"] < cfg["seed_steps"]:
@@ -242,16 +235,6 @@ def shared_value_map(cfg: dict, max_reward_per_step: float | None, reward_range:
         dist.all_reduce(bounds, op=dist.ReduceOp.MAX)
         low, high = -bounds[0].item(), bounds[1].item()
     return value_map(cfg["reward_scale"], cfg["discount"], low, high)
-
-
-def shared_behaviour_value(vmap: ValueMap, discount: float, *replays: EpisodeReplay | None) -> float:
-    """`behaviour_value` of every agent's stored transitions (demonstrations included), the same on every agent."""
-    terms = torch.zeros(3, dtype=torch.float64)
-    for replay in (r for r in replays if r is not None):
-        mc, to_end, terminated = replay.returns_to_go()
-        terms += behaviour_value_terms(vmap.returns(mc.double(), to_end, terminated, discount), to_end, terminated, discount)
-    dist.all_reduce(terms)
-    return behaviour_value(terms)
 
 
 def all_agents(flag: bool) -> bool:

@@ -146,48 +146,6 @@ def test_double_q_targets_value_the_online_argmax_with_the_target_net():
     assert torch.equal(y, torch.tensor([[1.0, 2.0]]))
 
 
-def test_action_gaps_are_the_best_bin_minus_the_data_bin_of_the_target_net():
-    # TARGET_Q row 0: dim 0 max 0.5, data bin 0 (0.125); dim 1 max 0.875, data bin 1 (the max itself)
-    # row 1: dim 0 max 0.75, data bin 2 (0.625); dim 1 max 0.8125, data bin 0 (0.25)
-    data_bins = torch.tensor([[0, 1], [2, 0]])
-    gaps = algorithm.action_gaps(_QAsFeatures(), TARGET_Q, data_bins)
-    assert torch.equal(gaps, torch.tensor([[0.375, 0.0], [0.125, 0.5625]]))
-
-
-def test_advantage_learning_lowers_each_target_by_alpha_times_its_gap_after_the_mc_bound():
-    # with the MC bound (test_targets_with_mc_bound): [[0.9375, 0.9375], [0.8125, 0.5]]
-    gaps = torch.tensor([[0.375, 0.0], [0.125, 0.5625]])
-    head = _QAsFeatures()
-    y = algorithm.targets(algorithm.greedy_values(head, TARGET_Q[:, 1:]), algorithm.greedy_values(head, TARGET_Q_NEXT_FIRST),
-                          NSTEP_RETURN, BOOTSTRAP, MC_RETURN, True, None, gaps, advantage_learning=0.5)
-    # 0.9375 - 0.1875, 0.9375 - 0; 0.8125 - 0.0625, 0.5 - 0.28125: the bound lifts first, then the gap lowers
-    assert torch.equal(y, torch.tensor([[0.75, 0.9375], [0.75, 0.21875]]))
-    # alpha 0 leaves the targets alone whatever the gaps
-    y0 = algorithm.targets(algorithm.greedy_values(head, TARGET_Q[:, 1:]), algorithm.greedy_values(head, TARGET_Q_NEXT_FIRST),
-                           NSTEP_RETURN, BOOTSTRAP, MC_RETURN, True, None, gaps, advantage_learning=0.0)
-    assert torch.equal(y0, torch.tensor([[0.9375, 0.9375], [0.8125, 0.5]]))
-
-
-def test_behaviour_value_weighs_a_truncated_tail_as_the_same_value_again():
-    # gamma 0.5: a truncated episode's rows 2 and 1 steps from its end (tails 0.25, 0.5), a terminated row (0)
-    terms = algorithm.behaviour_value_terms(torch.tensor([0.5, 0.25, 0.375]), torch.tensor([2, 1, 1]),
-                                            torch.tensor([False, False, True]), 0.5)
-    assert torch.equal(terms, torch.tensor([1.125, 0.75, 3.0], dtype=torch.float64))
-    assert algorithm.behaviour_value(terms) == 0.5  # mean 0.375 / (1 - 0.75 / 3)
-
-
-def test_behaviour_value_of_a_constant_reward_is_its_discounted_sum_forever():
-    # truncated episodes of mapped reward c per step: V = c / (1 - gamma) whatever their lengths
-    c, gamma, mapped, to_end = 0.125, 0.5, [], []
-    for length in (1, 3, 4):
-        for k in range(length, 0, -1):
-            mapped.append(c * (1 - gamma ** k) / (1 - gamma))
-            to_end.append(k)
-    terms = algorithm.behaviour_value_terms(torch.tensor(mapped, dtype=torch.float64), torch.tensor(to_end),
-                                            torch.zeros(len(to_end), dtype=torch.bool), gamma)
-    assert algorithm.behaviour_value(terms) == pytest.approx(c / (1 - gamma), abs=1e-12)
-
-
 # --------------------------------------------------------------------------------------------------
 # loss: B = 2, d = 2, bins = 3
 
@@ -287,7 +245,7 @@ def test_loss_gradient_flows_into_q_only():
 
 LEARNER_CFG = {"lr": 1e-3, "weight_decay": 0.0, "lr_schedule": "constant", "lr_final": 0.1, "lr_scale": "none",
                "num_agents": 1, "lr_plateau": {"factor": 0.5, "patience": 3}, "mc_lower_bound": True,
-               "target_clip": False, "excess_weight": 0.0, "advantage_learning": 0.0,
+               "target_clip": False, "excess_weight": 0.0,
                "conservative_weight": 0.5, "grad_clip": 10.0, "tau": 0.005, "double_q": True, "discount": 0.5,
                "conservative_rows": "all"}
 

@@ -129,7 +129,7 @@ def test_pretraining_updates_leave_every_schedule_where_it_is(schedule):
     model = QTransformer(obs_dim=3, action_dims=2, bins=5, dim=16, depth=1, heads=2)
     cfg = {"lr": 1.0, "weight_decay": 0.0, "lr_schedule": schedule, "lr_final": FINAL, "lr_scale": "inv_n",
            "num_agents": 2, "lr_plateau": {"factor": 0.5, "patience": 0}, "mc_lower_bound": True,
-           "target_clip": False, "excess_weight": 0.0, "advantage_learning": 0.0,
+           "target_clip": False, "excess_weight": 0.0,
            "conservative_weight": 0.5, "conservative_rows": "demos", "grad_clip": 10.0, "tau": 0.005, "double_q": True,
            "discount": 0.5}
     learner = Learner(model, model, cfg, 10)

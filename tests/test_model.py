@@ -81,12 +81,3 @@ def test_head_at_is_the_head_at_one_bin(dueling):
         torch.testing.assert_close(model.head_at(features, chosen),
                                    everything.gather(-1, chosen.unsqueeze(-1)).squeeze(-1), rtol=0, atol=1e-5)
     assert not torch.equal(model.head_at(features, chosen), model.head_at(features, (chosen + 1) % BINS))
-
-
-@pytest.mark.parametrize("dueling", [False, True])
-def test_start_at_gives_every_bin_the_level_at_every_input(dueling):
-    torch.manual_seed(0)
-    model = QTransformer(obs_dim=5, action_dims=3, bins=4, dim=16, depth=1, heads=2, dueling=dueling)
-    model.start_at(0.375)
-    q = model(torch.randn(6, 5), torch.randint(4, (6, 2)))
-    assert torch.equal(q, torch.full((6, 3, 4), 0.375))
