@@ -162,6 +162,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "faults.agents": _rank_list(),
     "faults.kind": _choice(*FAULT_KINDS),
     "faults.magnitude": _float(),
+    "eval_ema": _float(0, 1, hi_open=True),
     "eval_every": _int(1),
     "eval_episodes": _int_or_auto(1),
     "log_every": _int(1),

@@ -7,6 +7,7 @@ import math
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from dqt import algorithm
 
@@ -57,6 +58,18 @@ def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, total_updates: i
         optimizer, lambda t: lr_factor(kind, t, total, final_fraction, num_agents))
 
 
+def warmup_ema(decay: float):
+    """An AveragedModel `multi_avg_fn`: the running mean of the weights seen so far until there are
+    1 / (1 - decay) of them, then an exponential moving average with `decay` per update.
+
+    Plain EMA from the first weights would keep (decay^t) of them for long; the running mean first is the
+    bias-corrected start (as TensorFlow's ExponentialMovingAverage with num_updates does).
+    """
+    def average(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged) -> None:
+        torch._foreach_lerp_(averaged, current, max(1.0 - decay, 1.0 / (float(num_averaged) + 1.0)))
+    return average
+
+
 class Learner:
     """Holds the online network (possibly DDP-wrapped), its EMA target, the optimiser and scheduler."""
 
@@ -77,6 +90,10 @@ class Learner:
         self.skipped_steps = 0
         self._online_params = [p for p in module.parameters()]
         self._target_params = [p for p in self.target.parameters()]
+        # Polyak averaging of the weights evaluation acts on: greedy policies of consecutive updates can differ
+        # where action gaps are small (policy churn); their average changes slowly. Training acts on `online`.
+        self.average = (AveragedModel(module, multi_avg_fn=warmup_ema(cfg["eval_ema"]))
+                        if cfg["eval_ema"] > 0 else None)
 
     def update(self, batch: dict[str, torch.Tensor], scheduled: bool = True) -> dict[str, float]:
         """One update on this agent's batch; returns scalar metrics (as floats).
@@ -103,11 +120,20 @@ class Learner:
                 self.scheduler.step()
             with torch.no_grad():
                 torch._foreach_lerp_(self._target_params, self._online_params, self.cfg["tau"])
+            if scheduled and self.average is not None:  # from the first online update: pretraining is not averaged
+                self.average.update_parameters(self.module)
         else:
             self.skipped_steps += 1
         self.updates += 1
         return {"train/loss": total.detach().item(), "train/td_loss": td.item(), "train/conservative_loss": conservative.item(),
                 "train/q_data": q_data.item(), "train/grad_norm": grad_norm}
+
+    @property
+    def policy(self) -> nn.Module:
+        """The network evaluation acts on: the weight average (`eval_ema` > 0) once it has begun, else the online one."""
+        if self.average is None or int(self.average.n_averaged) == 0:
+            return self.module
+        return self.average.module
 
     def evaluated(self, eval_return: float) -> None:
         """lr_schedule=plateau: rank 0's scheduler decides on its `eval_return`, every rank takes rank 0's lr,
@@ -153,8 +179,9 @@ class Learner:
                                  self.cfg["mc_lower_bound"], bounds)
 
     def state_dict(self) -> dict:
-        """Model, target, optimiser, scheduler and counters."""
+        """Model, target, weight average, optimiser, scheduler and counters."""
         return {"model": self.module.state_dict(), "target": self.target.state_dict(),
+                "average": None if self.average is None else self.average.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "updates": self.updates, "skipped_steps": self.skipped_steps,
                 "value_map": [self.value_map.scale, self.value_map.low]}
@@ -163,6 +190,8 @@ class Learner:
         """Restore from `state_dict()`."""
         self.module.load_state_dict(state["model"])
         self.target.load_state_dict(state["target"])
+        if self.average is not None and state.get("average") is not None:  # checkpoints before eval_ema: none
+            self.average.load_state_dict(state["average"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.updates, self.skipped_steps = state["updates"], state["skipped_steps"]

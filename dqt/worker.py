@@ -195,7 +195,7 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
                 "updates": learner.updates}
         if counters["env_steps"] >= counters["next_eval"] or done:
             mine = eval_share(rank, cfg["eval_episodes"], agents)
-            result = torch.tensor(evaluate(task, model, eval_envs, mine, cfg["bins"], eval_seed(cfg["seed"]), device),
+            result = torch.tensor(evaluate(task, learner.policy, eval_envs, mine, cfg["bins"], eval_seed(cfg["seed"]), device),
                                   dtype=torch.float64)
             dist.all_reduce(result)
             successes, returns, count, reported = result.tolist()

@@ -247,7 +247,7 @@ LEARNER_CFG = {"lr": 1e-3, "weight_decay": 0.0, "lr_schedule": "constant", "lr_f
                "num_agents": 1, "lr_plateau": {"factor": 0.5, "patience": 3}, "mc_lower_bound": True,
                "target_clip": False, "excess_weight": 0.0,
                "conservative_weight": 0.5, "grad_clip": 10.0, "tau": 0.005, "double_q": True, "discount": 0.5,
-               "conservative_rows": "all"}
+               "conservative_rows": "all", "eval_ema": 0.0}
 
 
 def _batch(nstep_return: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -31,6 +31,7 @@ BAD = [
     (["discount=0"], "discount=0 is not allowed"),
     (["discount=1.5"], "discount=1.5 is not allowed"),
     (["tau=0"], "tau=0 is not allowed"),
+    (["eval_ema=1"], "eval_ema=1 is not allowed"),
     (["lr=-1"], "lr=-1 is not allowed"),
     (["lr_final=2"], "lr_final=2 is not allowed"),
     (["updates_per_step=0"], "updates_per_step=0 is not allowed"),

@@ -1,5 +1,6 @@
 """Tests of dqt.learner's learning rate: the schedules at hand-computed points, lr_scale, plateau cuts,
-resuming the scheduler, and one lr on every rank when rank 0's plateau decides."""
+resuming the scheduler, and one lr on every rank when rank 0's plateau decides; and the weight average
+evaluation acts on (eval_ema)."""
 from __future__ import annotations
 
 import math
@@ -46,7 +47,7 @@ def test_schedule_lr_at_update_counts(kind, n):
 def _learner(schedule: str = "constant", scale: str = "none", n: int = 1, lr: float = 1.0, patience: int = 3,
              total: int = T) -> Learner:
     cfg = {"lr": lr, "weight_decay": 0.0, "lr_schedule": schedule, "lr_final": FINAL, "lr_scale": scale,
-           "num_agents": n, "lr_plateau": {"factor": 0.5, "patience": patience}}
+           "num_agents": n, "lr_plateau": {"factor": 0.5, "patience": patience}, "eval_ema": 0.0}
     torch.manual_seed(0)
     model = nn.Linear(2, 1)
     return Learner(model, model, cfg, total)
@@ -131,7 +132,7 @@ def test_pretraining_updates_leave_every_schedule_where_it_is(schedule):
            "num_agents": 2, "lr_plateau": {"factor": 0.5, "patience": 0}, "mc_lower_bound": True,
            "target_clip": False, "excess_weight": 0.0,
            "conservative_weight": 0.5, "conservative_rows": "demos", "grad_clip": 10.0, "tau": 0.005, "double_q": True,
-           "discount": 0.5}
+           "discount": 0.5, "eval_ema": 0.0}
     learner = Learner(model, model, cfg, 10)
     gen = torch.Generator().manual_seed(1)
     batch = {"obs": torch.randn(4, 3, generator=gen), "bins": torch.randint(5, (4, 2), generator=gen),
@@ -155,3 +156,59 @@ def test_pretraining_updates_leave_every_schedule_where_it_is(schedule):
     else:
         # one online update of T = 10: linear 1 - 0.9 / 10, n_linear (N = 2) 1 - 2 / 10
         assert lr() == pytest.approx(0.5 * {"linear": 0.91, "n_linear": 0.8}[schedule], rel=1e-12)
+
+
+def test_warmup_ema_is_the_running_mean_then_an_ema():
+    # decay 0.75: the mean of the first 1 / (1 - 0.75) = 4 weights, then EMA weight 0.25 (not 1/5)
+    from torch.optim.swa_utils import AveragedModel
+
+    from dqt.learner import warmup_ema
+
+    model = nn.Linear(1, 1, bias=False)
+    averaged = AveragedModel(model, multi_avg_fn=warmup_ema(0.75))
+    got = []
+    for value in (1.0, 3.0, 5.0, 7.0, 9.0):
+        model.weight.data.fill_(value)
+        averaged.update_parameters(model)
+        got.append(averaged.module.weight.item())
+    assert got == [1.0, 2.0, 3.0, 4.0, 4.0 + 0.25 * (9.0 - 4.0)]
+
+
+def test_evaluation_acts_on_the_average_of_the_online_updates_only():
+    # pretraining (scheduled=False) is not averaged: until the first online update evaluation acts on the
+    # online net; after it the average is a copy of it, after the second their mean (eval_ema 0.5: horizon 2)
+    from dqt.model import QTransformer
+
+    torch.manual_seed(0)
+    model = QTransformer(obs_dim=3, action_dims=2, bins=5, dim=16, depth=1, heads=2)
+    cfg = {"lr": 0.1, "weight_decay": 0.0, "lr_schedule": "constant", "lr_final": FINAL, "lr_scale": "none",
+           "num_agents": 1, "lr_plateau": {"factor": 0.5, "patience": 0}, "mc_lower_bound": True,
+           "target_clip": False, "excess_weight": 0.0, "conservative_weight": 0.5, "conservative_rows": "demos",
+           "grad_clip": 10.0, "tau": 0.005, "double_q": True, "discount": 0.5, "eval_ema": 0.5}
+    learner = Learner(model, model, cfg, 10)
+    gen = torch.Generator().manual_seed(1)
+    batch = {"obs": torch.randn(4, 3, generator=gen), "bins": torch.randint(5, (4, 2), generator=gen),
+             "nstep_return": torch.rand(4, generator=gen), "bootstrap_discount": torch.full((4,), 0.5),
+             "next_obs": torch.randn(4, 3, generator=gen), "mc_return": torch.zeros(4),
+             "steps": torch.ones(4, dtype=torch.long), "to_end": torch.full((4,), 3),
+             "terminated": torch.zeros(4, dtype=torch.bool), "successor": torch.full((4,), -1),
+             "demo": torch.ones(4, dtype=torch.bool)}
+
+    def weights(net: nn.Module) -> torch.Tensor:
+        return torch.cat([p.detach().flatten() for p in net.parameters()])
+
+    learner.update(batch, scheduled=False)
+    assert learner.policy is model
+    learner.update(batch)
+    first = weights(model)
+    assert learner.policy is not model and torch.equal(weights(learner.policy), first)
+    learner.update(batch)
+    second = weights(model)
+    assert not torch.equal(first, second)
+    assert torch.allclose(weights(learner.policy), (first + second) / 2, rtol=0, atol=1e-7)
+
+    # a checkpoint carries the average: a fresh learner loaded from it evaluates the same weights
+    fresh = QTransformer(obs_dim=3, action_dims=2, bins=5, dim=16, depth=1, heads=2)
+    restored = Learner(fresh, fresh, cfg, 10)
+    restored.load_state_dict(learner.state_dict())
+    assert torch.equal(weights(restored.policy), weights(learner.policy))

@@ -1,6 +1,7 @@
 """`dqt-bench policy RUN_DIR`: what a run's greedy policy does, read off its newest complete checkpoint.
 
-Replays the run's evaluation with the checkpoint's model (the same envs, seeds, episode ids and batches as
+Replays the run's evaluation with the checkpoint's policy (the weight average when the run had `eval_ema` > 0,
+else the online model; the same envs, seeds, episode ids and batches as
 the run's own evaluations, so at the run's final checkpoint it gives the final `eval/return`; runs on
 CUDA evaluated there, this replays on CPU, which may differ in the last digits) and prints,
 per episode, the return, length and success, then:
@@ -65,6 +66,7 @@ def replay(run_dir: Path, step: int | None = None) -> dict:
     from dqt.envs import eval_seed, make_task
     from dqt.errors import ConfigError, RunError
     from dqt.model import QTransformer
+    from torch.optim.swa_utils import AveragedModel
 
     cfg = run_config(run_dir)
     found = {g.step: g for g in generations.complete(run_dir)}
@@ -82,6 +84,11 @@ def replay(run_dir: Path, step: int | None = None) -> dict:
             raise RunError(problem)
         state = checkpoint.load(generation.agent_file(0))
         model.load_state_dict(state["learner"]["model"])
+        average = state["learner"].get("average")
+        if average is not None and int(average["n_averaged"]) > 0:  # eval_ema: the run evaluated the average
+            averaged = AveragedModel(model)
+            averaged.load_state_dict(average)
+            model = averaged.module
     except Exception as error:  # damaged file, or weights of another shape than the config's model
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise RunError(f"checkpoint {generation.agent_file(0)} is unusable: {first}") from None
