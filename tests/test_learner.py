@@ -120,20 +120,17 @@ def test_plateau_lr_is_rank_zeros_on_every_rank(tmp_path):
     assert ranks[0] == ranks[1] == [1.0, 0.5, 0.5]
 
 
-@pytest.mark.parametrize("schedule", ["linear", "n_linear", "plateau"])
-def test_pretraining_updates_leave_every_schedule_where_it_is(schedule):
-    # Learner.update(scheduled=False), as pretraining calls it: the curves count online updates only, and
-    # plateau moves only on evaluations whatever the update
+def _toy_qlearner(**overrides) -> tuple[Learner, dict[str, torch.Tensor]]:
+    """A Learner of a small QTransformer and one batch of 4 demo rows for it (cfg keys: `overrides`)."""
     from dqt.model import QTransformer
 
     torch.manual_seed(0)
     model = QTransformer(obs_dim=3, action_dims=2, bins=5, dim=16, depth=1, heads=2)
-    cfg = {"lr": 1.0, "weight_decay": 0.0, "lr_schedule": schedule, "lr_final": FINAL, "lr_scale": "inv_n",
-           "num_agents": 2, "lr_plateau": {"factor": 0.5, "patience": 0}, "mc_lower_bound": True,
+    cfg = {"lr": 1.0, "weight_decay": 0.0, "lr_schedule": "constant", "lr_final": FINAL, "lr_scale": "none",
+           "num_agents": 1, "lr_plateau": {"factor": 0.5, "patience": 0}, "mc_lower_bound": True,
            "target_clip": False, "excess_weight": 0.0,
            "conservative_weight": 0.5, "conservative_rows": "demos", "grad_clip": 10.0, "tau": 0.005, "double_q": True,
-           "discount": 0.5, "eval_ema": 0.0}
-    learner = Learner(model, model, cfg, 10)
+           "discount": 0.5, "eval_ema": 0.0, **overrides}
     gen = torch.Generator().manual_seed(1)
     batch = {"obs": torch.randn(4, 3, generator=gen), "bins": torch.randint(5, (4, 2), generator=gen),
              "nstep_return": torch.rand(4, generator=gen), "bootstrap_discount": torch.full((4,), 0.5),
@@ -141,6 +138,14 @@ def test_pretraining_updates_leave_every_schedule_where_it_is(schedule):
              "steps": torch.ones(4, dtype=torch.long), "to_end": torch.full((4,), 3),
              "terminated": torch.zeros(4, dtype=torch.bool), "successor": torch.full((4,), -1),
              "demo": torch.ones(4, dtype=torch.bool)}
+    return Learner(model, model, cfg, 10), batch
+
+
+@pytest.mark.parametrize("schedule", ["linear", "n_linear", "plateau"])
+def test_pretraining_updates_leave_every_schedule_where_it_is(schedule):
+    # Learner.update(scheduled=False), as pretraining calls it: the curves count online updates only, and
+    # plateau moves only on evaluations whatever the update
+    learner, batch = _toy_qlearner(lr_schedule=schedule, lr_scale="inv_n", num_agents=2)
 
     def lr() -> float:
         return learner.optimizer.param_groups[0]["lr"]
@@ -177,22 +182,8 @@ def test_warmup_ema_is_the_running_mean_then_an_ema():
 def test_evaluation_acts_on_the_average_of_the_online_updates_only():
     # pretraining (scheduled=False) is not averaged: until the first online update evaluation acts on the
     # online net; after it the average is a copy of it, after the second their mean (eval_ema 0.5: horizon 2)
-    from dqt.model import QTransformer
-
-    torch.manual_seed(0)
-    model = QTransformer(obs_dim=3, action_dims=2, bins=5, dim=16, depth=1, heads=2)
-    cfg = {"lr": 0.1, "weight_decay": 0.0, "lr_schedule": "constant", "lr_final": FINAL, "lr_scale": "none",
-           "num_agents": 1, "lr_plateau": {"factor": 0.5, "patience": 0}, "mc_lower_bound": True,
-           "target_clip": False, "excess_weight": 0.0, "conservative_weight": 0.5, "conservative_rows": "demos",
-           "grad_clip": 10.0, "tau": 0.005, "double_q": True, "discount": 0.5, "eval_ema": 0.5}
-    learner = Learner(model, model, cfg, 10)
-    gen = torch.Generator().manual_seed(1)
-    batch = {"obs": torch.randn(4, 3, generator=gen), "bins": torch.randint(5, (4, 2), generator=gen),
-             "nstep_return": torch.rand(4, generator=gen), "bootstrap_discount": torch.full((4,), 0.5),
-             "next_obs": torch.randn(4, 3, generator=gen), "mc_return": torch.zeros(4),
-             "steps": torch.ones(4, dtype=torch.long), "to_end": torch.full((4,), 3),
-             "terminated": torch.zeros(4, dtype=torch.bool), "successor": torch.full((4,), -1),
-             "demo": torch.ones(4, dtype=torch.bool)}
+    learner, batch = _toy_qlearner(lr=0.1, eval_ema=0.5)
+    model = learner.module
 
     def weights(net: nn.Module) -> torch.Tensor:
         return torch.cat([p.detach().flatten() for p in net.parameters()])
@@ -208,7 +199,6 @@ def test_evaluation_acts_on_the_average_of_the_online_updates_only():
     assert torch.allclose(weights(learner.policy), (first + second) / 2, rtol=0, atol=1e-7)
 
     # a checkpoint carries the average: a fresh learner loaded from it evaluates the same weights
-    fresh = QTransformer(obs_dim=3, action_dims=2, bins=5, dim=16, depth=1, heads=2)
-    restored = Learner(fresh, fresh, cfg, 10)
+    restored, _ = _toy_qlearner(lr=0.1, eval_ema=0.5)
     restored.load_state_dict(learner.state_dict())
     assert torch.equal(weights(restored.policy), weights(learner.policy))
