@@ -73,3 +73,12 @@ def test_every_benchmark_runs_as_a_module(module):
     # `python -m dqt.bench.learn` once imported the module, did nothing and exited 0
     result = subprocess.run([sys.executable, "-m", *module, "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.startswith("usage: dqt-bench "), result.stderr
+
+
+def test_learner_benchmark_times_a_real_update():
+    # it once timed nothing: the worker's batches gained a `demo` column that its own batch lacked, and
+    # Learner.update raised KeyError; --help alone (above) did not show it
+    result = subprocess.run([sys.executable, "-m", "dqt.bench.learner", "--repeats", "2", "--batch-size", "16"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ratio update / forward+backward" in result.stdout

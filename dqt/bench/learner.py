@@ -12,7 +12,7 @@ from dqt import algorithm
 from dqt.bench.common import default_config, median_times
 from dqt.learner import Learner
 from dqt.model import QTransformer
-from dqt.replay import EpisodeReplay
+from dqt.replay import EpisodeReplay, sample_mixed
 
 
 def main(argv: list[str]) -> None:
@@ -38,7 +38,7 @@ def main(argv: list[str]) -> None:
     model = QTransformer(obs_dim, dims, bins, **cfg["model"])
     learner = Learner(model, model, cfg, total_updates=10_000)
     generator = torch.Generator().manual_seed(0)
-    batch = replay.sample(args.batch_size, generator)
+    batch = sample_mixed(replay, None, args.batch_size, cfg["demo_share"], generator)  # as the worker draws it (demos=0)
     y = torch.rand(args.batch_size, dims)
 
     def forward_backward():
@@ -51,7 +51,7 @@ def main(argv: list[str]) -> None:
         learner.update(batch)
 
     def sample():
-        replay.sample(args.batch_size, generator)
+        sample_mixed(replay, None, args.batch_size, cfg["demo_share"], generator)
 
     fb, up, draw = median_times([forward_backward, update, sample], args.repeats)
     params = sum(p.numel() for p in model.parameters())
