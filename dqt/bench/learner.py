@@ -38,7 +38,11 @@ def main(argv: list[str]) -> None:
     model = QTransformer(obs_dim, dims, bins, **cfg["model"])
     learner = Learner(model, model, cfg, total_updates=10_000)
     generator = torch.Generator().manual_seed(0)
-    batch = sample_mixed(replay, None, args.batch_size, cfg["demo_share"], generator)  # as the worker draws it (demos=0)
+
+    def sample() -> dict[str, torch.Tensor]:  # as the worker draws a batch without demos (its `demo` column included)
+        return sample_mixed(replay, None, args.batch_size, 0.0, generator)
+
+    batch = sample()
     y = torch.rand(args.batch_size, dims)
 
     def forward_backward():
@@ -49,9 +53,6 @@ def main(argv: list[str]) -> None:
 
     def update():
         learner.update(batch)
-
-    def sample():
-        sample_mixed(replay, None, args.batch_size, cfg["demo_share"], generator)
 
     fb, up, draw = median_times([forward_backward, update, sample], args.repeats)
     params = sum(p.numel() for p in model.parameters())
