@@ -183,7 +183,7 @@ def loss(q: torch.Tensor, data_bins: torch.Tensor, y: torch.Tensor, conservative
     total = td + conservative_weight * conservative
     if excess_weight > 0 and conservative_rows is not None:  # None: every row is under the conservative term
         own = (~conservative_rows).to(q.dtype)
-        excess = (q - q_data.detach().unsqueeze(-1)).clamp(min=0.0) * not_data
+        excess = (q - q_data.detach().unsqueeze(-1)).clamp(min=0.0)  # exactly 0 at the data's own bin
         excess = (0.5 * (excess.pow(2).sum(-1) / (bins - 1)).mean(-1) * own).mean()
         conservative, total = conservative + excess, total + excess_weight * excess
     return total, td.detach(), conservative.detach(), q_data.detach().mean()

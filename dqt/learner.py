@@ -94,6 +94,7 @@ class Learner:
         # where action gaps are small (policy churn); their average changes slowly. Training acts on `online`.
         self.average = (AveragedModel(module, multi_avg_fn=warmup_ema(cfg["eval_ema"]))
                         if cfg["eval_ema"] > 0 else None)
+        self._average_params = [] if self.average is None else [p for p in self.average.module.parameters()]
 
     def update(self, batch: dict[str, torch.Tensor], scheduled: bool = True) -> dict[str, float]:
         """One update on this agent's batch; returns scalar metrics (as floats).
@@ -121,12 +122,19 @@ class Learner:
             with torch.no_grad():
                 torch._foreach_lerp_(self._target_params, self._online_params, self.cfg["tau"])
             if scheduled and self.average is not None:  # from the first online update: pretraining is not averaged
-                self.average.update_parameters(self.module)
+                self._update_average()
         else:
             self.skipped_steps += 1
         self.updates += 1
         return {"train/loss": total.detach().item(), "train/td_loss": td.item(), "train/conservative_loss": conservative.item(),
                 "train/q_data": q_data.item(), "train/grad_norm": grad_norm}
+
+    @torch.no_grad()
+    def _update_average(self) -> None:
+        """`self.average.update_parameters(self.module)`, the same arithmetic without its per-call regrouping of
+        the parameters and per-parameter checks (0.2-0.9 ms an update): the first call's weight is 1, a copy."""
+        self.average.multi_avg_fn(self._average_params, self._online_params, self.average.n_averaged)
+        self.average.n_averaged += 1
 
     @property
     def policy(self) -> nn.Module:
