@@ -87,6 +87,15 @@ def test_unknown_metaworld_task_lists_the_tasks():
     assert "\n" not in str(error.value)
 
 
+def test_a_metaworld_name_with_its_version_is_told_the_name_without_it():
+    for name in ("mw-door-unlock-v3", "mw-pick-place-v2"):
+        with pytest.raises(ConfigError) as error:
+            make_task(name)
+        unversioned = name.rsplit("-v", 1)[0]
+        assert str(error.value) == (f"task={name!r} is not allowed: MetaWorld tasks are named without their "
+                                    f"version (always v3): task={unversioned}")
+
+
 def test_unknown_suite_lists_the_tasks():
     with pytest.raises(ConfigError, match="door-unlock"):
         make_task("door-unlock")

@@ -6,6 +6,7 @@ every sub-env gets its own seed from `env_seed`, so no two see the same goals.
 from __future__ import annotations
 
 import functools
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Callable
@@ -180,6 +181,10 @@ def make_task(name: str, action_repeat: int = 2, episode_length: int = 100) -> T
     if name.startswith(MW_PREFIX):
         short = name[len(MW_PREFIX):]
         if short not in metaworld_tasks():
+            unversioned = re.sub(r"-v\d+$", "", short)  # MetaWorld's own env names end in -v3: dqt's do not
+            if unversioned in metaworld_tasks():
+                raise ConfigError(f"task={name!r} is not allowed: MetaWorld tasks are named without their "
+                                  f"version (always v3): task={MW_PREFIX}{unversioned}")
             raise ConfigError(f"task={name!r} is not allowed: expected mw-<name> with <name> one of "
                               + ", ".join(metaworld_tasks()) + ", or gym:<env id>")
         if episode_length * action_repeat > 500:
