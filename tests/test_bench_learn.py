@@ -38,6 +38,24 @@ def test_door_unlock_needs_every_seed_final_and_no_fall_after_the_first_peak(tmp
     assert summary["mean"] == 0.95 and summary["hits"] == 2
 
 
+def test_scratch_needs_every_seed_to_reach_the_target_once(tmp_path):
+    bench = BENCHMARKS["door-unlock-scratch"]
+    late = _run(tmp_path / "a", [(40000, 0.2), (76000, 0.84), (80000, 0.74)], bench.metric)  # reached, then below
+    never = _run(tmp_path / "b", [(40000, 0.2), (80000, 0.78)], bench.metric)
+    assert summarise(bench, {1: late})["passed"]
+    assert not summarise(bench, {1: late, 2: never})["passed"]
+
+
+def test_held_out_metaworld_rows_are_door_unlocks_with_only_the_task_changed(tmp_path):
+    door = BENCHMARKS["door-unlock"]
+    for name in ("drawer-open", "pick-place", "window-open"):
+        bench = BENCHMARKS[name]
+        assert bench.overrides == (f"task=mw-{name}",)
+        assert (bench.metric, bench.threshold, bench.agents, bench.rule) == (door.metric, 0.9, 2, "stable")
+    fell = _run(tmp_path / "b", [(2000, 0.0), (4000, 0.92), (6000, 0.74), (20000, 1.0)], door.metric)
+    assert not summarise(BENCHMARKS["pick-place"], {1: fell})["passed"]
+
+
 def test_gym_targets_are_the_median_over_seeds(tmp_path):
     bench = BENCHMARKS["inverted-pendulum"]
     runs = {seed: _run(tmp_path / str(seed), [(10000, 500.0), (20000, final)], bench.metric)

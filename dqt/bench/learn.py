@@ -36,6 +36,9 @@ class Benchmark:
     seeds: tuple[int, ...]
     agents: int
     goal: str  # what the issue asks, in words
+    # met when: "stable" every seed's final >= threshold and no evaluation after its first >= threshold below
+    # 0.8 (success rates); "every_seed" every seed reaches the threshold; "median" the median final does
+    rule: str = "median"
     extra: tuple[str, ...] = field(default=())
 
 
@@ -43,15 +46,20 @@ GYM = ("demos=0", "num_agents=1")
 BENCHMARKS = {
     b.name: b for b in (
         Benchmark("door-unlock", (), "eval/success_rate", 0.9, (1, 2, 3, 4, 5), 2,
-                  "default config: final success >= 0.9 on every seed, none below 0.8 after the first >= 0.9"),
+                  "default config: final success >= 0.9 on every seed, none below 0.8 after the first >= 0.9", "stable"),
         Benchmark("door-unlock-scratch", ("demos=0", "num_agents=1", "train_steps=80000", "eval_every=4000"),
-                  "eval/success_rate", 0.8, (1, 2, 3), 1, "demos=0, 1 agent: success >= 0.8 within 80k steps, every seed"),
+                  "eval/success_rate", 0.8, (1, 2, 3), 1, "demos=0, 1 agent: success >= 0.8 within 80k steps, every seed",
+                  "every_seed"),
         Benchmark("inverted-pendulum", ("task=gym:InvertedPendulum-v5", *GYM, "train_steps=20000"),
                   "eval/return", 950.0, (1, 2, 3), 1, "median over seeds of the return at 20k steps >= 950"),
         Benchmark("reacher", ("task=gym:Reacher-v5", *GYM, "train_steps=50000", "eval_every=5000"),
                   "eval/return", -6.0, (1, 2, 3), 1, "median over seeds of the return at 50k steps >= -6"),
         Benchmark("hopper", ("task=gym:Hopper-v5", *GYM, "train_steps=100000", "eval_every=5000"),
                   "eval/return", 1500.0, (1, 2, 3), 1, "median over seeds of the return at 100k steps >= 1500"),
+        # held out: MetaWorld tasks nothing was tuned on, run as door-unlock's default run with only the task changed
+        *(Benchmark(name, (f"task=mw-{name}",), "eval/success_rate", 0.9, (1, 2, 3), 2,
+                    "held out, default config but the task: door-unlock's target", "stable")
+          for name in ("drawer-open", "pick-place", "window-open")),
     )
 }
 
@@ -87,9 +95,9 @@ def summarise(bench: Benchmark, runs: dict[int, Path]) -> dict:
         return {"finals": [], "missing": missing}
     mean, half = mean_ci(finals)
     hits = [s for s in reached if s is not None]
-    if bench.name == "door-unlock":
+    if bench.rule == "stable":
         passed = all(f >= bench.threshold for f in finals) and all(stable)
-    elif bench.name == "door-unlock-scratch":
+    elif bench.rule == "every_seed":
         passed = len(hits) == len(finals)
     else:
         passed = statistics.median(finals) >= bench.threshold
