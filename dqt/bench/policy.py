@@ -58,12 +58,12 @@ def run_config(run_dir: Path) -> dict:
     return validate(OmegaConf.merge(config_defaults(), OmegaConf.load(saved)))
 
 
-def replay(run_dir: Path, step: int | None = None) -> dict:
-    """Evaluate the checkpoint of `run_dir` at `step` (newest complete generation if None) as the run did."""
+def load_policy(run_dir: Path, step: int | None = None):
+    """(cfg, task, generation, model, value_map) of the run's checkpoint at `step` (newest complete if None):
+    the network its evaluations acted on, the weight average when the run had `eval_ema` > 0, else the online one."""
     from dqt import checkpoint, generations
-    from dqt.algorithm import ValueMap, from_bins
-    from dqt.collector import eval_share, evaluate, make_eval_envs
-    from dqt.envs import eval_seed, make_task
+    from dqt.algorithm import ValueMap
+    from dqt.envs import make_task
     from dqt.errors import ConfigError, RunError
     from dqt.model import QTransformer
     from torch.optim.swa_utils import AveragedModel
@@ -93,7 +93,16 @@ def replay(run_dir: Path, step: int | None = None) -> dict:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise RunError(f"checkpoint {generation.agent_file(0)} is unusable: {first}") from None
     model.eval()
-    value_map = ValueMap(*state["learner"]["value_map"])
+    return cfg, task, generation, model, ValueMap(*state["learner"]["value_map"])
+
+
+def replay(run_dir: Path, step: int | None = None) -> dict:
+    """Evaluate the checkpoint of `run_dir` at `step` (newest complete generation if None) as the run did."""
+    from dqt.algorithm import from_bins
+    from dqt.collector import eval_share, evaluate, make_eval_envs
+    from dqt.envs import eval_seed
+
+    cfg, task, generation, model, value_map = load_policy(run_dir, step)
     # the run's threads (the benchmark sets 1; with threads=null the run used its cores / agents, and a different
     # count may sum in another order and flip a near-tie between bins)
     torch.set_num_threads(cfg["threads"] or 1)

@@ -5,24 +5,16 @@ discounted return of the run's greedy policy afterwards, over HORIZON steps in a
 learned Q bootstraps through the time limit, so it estimates the value beyond it), for a = the greedy action,
 the controller's action (binned) and (0, 0); beside each, the learned Q of the same action in reward units.
 
-    PYTHONPATH=<a dqt checkout> .venv/bin/python trueq.py RUN_DIR [HORIZON]   (the run's checkpoint, eval_ema > 0)
+    PYTHONPATH=<a dqt checkout> .venv/bin/python trueq.py RUN_DIR [HORIZON]   (its newest checkpoint; the weights it evaluated)
 """
 import sys, math, numpy as np, torch, gymnasium as gym
 from pathlib import Path
-from torch.optim.swa_utils import AveragedModel
-from dqt.bench.policy import run_config
-from dqt import generations, checkpoint
-from dqt.model import QTransformer, greedy_bins
+from dqt.bench.policy import load_policy
+from dqt.model import greedy_bins
 from dqt.algorithm import to_bins, from_bins
 torch.set_num_threads(1)
-run = Path(sys.argv[1])
-cfg = run_config(run)
-gen = max(generations.complete(run), key=lambda g: g.step)
-state = checkpoint.load(gen.agent_file(0))
-model = QTransformer(10, 2, cfg["bins"], **cfg["model"])
-model.load_state_dict(state["learner"]["model"])
-av = AveragedModel(model); av.load_state_dict(state["learner"]["average"]); model = av.module.eval()
-scale, low = state["learner"]["value_map"]
+cfg, _, _, model, value_map = load_policy(Path(sys.argv[1]))
+scale, low = value_map.scale, value_map.low
 gamma, B = 0.99, cfg["bins"]
 HORIZON = int(sys.argv[2]) if len(sys.argv) > 2 else 400  # what Q estimates: the time limit truncates, the value goes on (0.99^400 = 0.018)
 L1, L2 = 0.1, 0.11
