@@ -14,7 +14,6 @@ from dqt.model import greedy_bins
 from dqt.algorithm import to_bins, from_bins
 torch.set_num_threads(1)
 cfg, _, _, model, value_map = load_policy(Path(sys.argv[1]))
-scale, low = value_map.scale, value_map.low
 gamma, B = 0.99, cfg["bins"]
 HORIZON = int(sys.argv[2]) if len(sys.argv) > 2 else 400  # what Q estimates: the time limit truncates, the value goes on (0.99^400 = 0.018)
 L1, L2 = 0.1, 0.11
@@ -33,7 +32,7 @@ def controller(o):
 def learned_q(o, b):
     with torch.no_grad():
         q = model(torch.tensor(o, dtype=torch.float32)[None], torch.tensor([[b[0]]]))[0, 1, b[1]]
-    return float(q) / scale + low
+    return value_map.unmap(float(q))
 env = gym.make("Reacher-v5").unwrapped
 def rollout(qpos, qvel, t, first):
     env.set_state(qpos, qvel)
