@@ -85,18 +85,31 @@ def from_bins(index: torch.Tensor, bins: int) -> torch.Tensor:
     return index.float() * (2.0 / (bins - 1)) - 1.0
 
 
-def nstep_returns(rewards: torch.Tensor, terminated: bool, n: int, discount: float):
+def nstep_returns(rewards: torch.Tensor, terminated: bool, n: int, discount: float,
+                  explored: torch.Tensor | None = None):
     """n-step sums and bootstrap discounts for one stored episode of T rewards (Sec. 4.3, n-step returns).
 
     Returns (R [T], bootstrap_discount [T], offset [T], mc [T]) where R_t = sum_{k<m} gamma^k r_{t+k} with
     m = min(n, T - t) steps, the bootstrap state is t + m, its weight gamma^m is 0 when the episode
     terminated inside the window (a time-limit truncation still bootstraps), and mc_t is the discounted
     return-to-go of the episode (the Monte-Carlo lower bound of Sec. 4.2).
+
+    explored [T] bool (optional): the steps whose action was not the greedy one. The window of step t then
+    also ends before the first explored step after t, m = min(n, T - t, k) with k >= 1 the first such offset
+    (Watkins' Q(lambda), Watkins 1989): the rewards summed are those of the greedy policy the backup values,
+    not of an exploratory action that may have thrown the episode away (a random torque that topples a
+    balancing pole). The action at t itself is the one being valued, explored or not.
     """
     T = rewards.shape[0]
     r = rewards.double()
     mc = _return_to_go(r, discount)
     steps = torch.clamp(T - torch.arange(T), max=n)
+    if explored is not None:
+        for k in range(1, n):  # the window stops at the nearest explored offset: clamping takes the minimum
+            later = torch.arange(T) + k
+            cut = torch.zeros(T, dtype=torch.bool)
+            cut[later < T] = explored[later[later < T]].bool()
+            steps = torch.where(cut, torch.clamp(steps, max=k), steps)
     powers = discount ** torch.arange(n, dtype=torch.float64)
     R = torch.zeros(T, dtype=torch.float64)
     for k in range(n):

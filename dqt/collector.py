@@ -48,6 +48,7 @@ class Collector:
         self.obs = torch.as_tensor(np.nan_to_num(first_obs), dtype=torch.float32)
         self.ep_obs = torch.zeros(n, episode_length + 1, self.obs.shape[1])
         self.ep_bins = torch.zeros(n, episode_length, replay.bins.shape[1], dtype=torch.long)
+        self.ep_explored = torch.zeros(n, episode_length, dtype=torch.bool)  # action not the greedy one
         self.ep_rewards = torch.zeros(n, episode_length, dtype=torch.float64)
         self.ep_length = torch.zeros(n, dtype=torch.long)
         self.ep_success = np.full(n, np.nan)  # nan until the env reports success
@@ -60,8 +61,9 @@ class Collector:
         # squares, count; sums rather than means so that train_row can pool agents exactly
         self.reward_sums = np.zeros(5)
 
-    def step(self, bins: torch.Tensor) -> None:
-        """Execute the bin centres of `bins` [num_envs, d] in every sub-env."""
+    def step(self, bins: torch.Tensor, explored: torch.Tensor | None = None) -> None:
+        """Execute the bin centres of `bins` [num_envs, d] in every sub-env; `explored` [num_envs] bool marks
+        the envs whose bins are not the greedy ones (None: all are, as for demonstrations)."""
         actions = from_bins(bins, self.n_bins).numpy()
         next_obs, rewards, terminated, truncated, info = self.envs.step(actions)
         self.steps += 1
@@ -88,6 +90,7 @@ class Collector:
         t = self.ep_length
         self.ep_obs[self.rows, t] = self.obs
         self.ep_bins[self.rows, t] = bins
+        self.ep_explored[self.rows, t] = False if explored is None else explored
         self.ep_rewards[self.rows, t] = torch.from_numpy(rewards)
         self.ep_length += 1
         self.ep_success = np.fmax(self.ep_success, _masked(info, "success", self.num_envs))
@@ -101,7 +104,7 @@ class Collector:
                     self.ep_obs[i, length] = torch.as_tensor(np.asarray(info["final_obs"][i]), dtype=torch.float32)
                     stored = self.ep_rewards[i, :length]  # raw, noisy where RewardNoise is on
                     self.replay.add_episode(self.ep_obs[i, : length + 1], self.ep_bins[i, :length], stored.float(),
-                                            bool(terminated[i]))
+                                            bool(terminated[i]), self.ep_explored[i, :length])
                     success = float(np.fmax(self.ep_success[i], final_success[i]))
                     self.finished.append((float(self.ep_clean_return[i]), success))
                 self.ep_length[i], self.ep_success[i], self.ep_clean_return[i] = 0, np.nan, 0.0
@@ -132,6 +135,7 @@ class Collector:
             return state
         state["episodes"] = {
             "envs": envs, "obs": self.obs.clone(), "ep_obs": self.ep_obs.clone(), "ep_bins": self.ep_bins.clone(),
+            "ep_explored": self.ep_explored.clone(),
             "ep_rewards": self.ep_rewards.clone(), "ep_length": self.ep_length.clone(),
             "ep_success": torch.from_numpy(self.ep_success.copy()),
             "ep_clean_return": torch.from_numpy(self.ep_clean_return.copy()),
@@ -164,6 +168,8 @@ class Collector:
         self.obs = episodes["obs"].clone()
         for key in ("ep_obs", "ep_bins", "ep_rewards", "ep_length"):
             setattr(self, key, episodes[key].clone())
+        # checkpoints before n_step_cut did not keep it: their episodes in progress count as greedy
+        self.ep_explored = episodes.get("ep_explored", torch.zeros_like(self.ep_explored)).clone()
         self.ep_success = episodes["ep_success"].numpy().copy()
         self.ep_clean_return = episodes["ep_clean_return"].numpy().copy()
         self.tainted = episodes["tainted"].numpy().copy()

@@ -17,8 +17,10 @@ from dqt.errors import RunError
 class EpisodeReplay:
     """Ring buffer of rows; episodes are added whole and sampled as transitions in pairs (see `sample`)."""
 
-    def __init__(self, capacity: int, obs_dim: int, action_dims: int, bins: int, n_step: int, discount: float):
+    def __init__(self, capacity: int, obs_dim: int, action_dims: int, bins: int, n_step: int, discount: float,
+                 n_step_cut: bool = False):
         self.capacity, self.n_step, self.discount = capacity, n_step, discount
+        self.n_step_cut = n_step_cut  # end n-step windows before exploratory steps (`algorithm.nstep_returns`)
         bin_dtype = torch.uint8 if bins <= 256 else torch.int16 if bins <= 32768 else torch.int32
         self.obs = torch.zeros(capacity, obs_dim, dtype=torch.float32)
         self.bins = torch.zeros(capacity, action_dims, dtype=bin_dtype)
@@ -42,8 +44,10 @@ class EpisodeReplay:
                   self.offset, self.to_end, self.terminated, self.sampleable)
         return sum(a[0].numel() * a.element_size() for a in arrays)
 
-    def add_episode(self, obs: torch.Tensor, bins: torch.Tensor, rewards: torch.Tensor, terminated: bool) -> None:
-        """Store an episode: obs [T+1, obs_dim] (incl. final), bins [T, d], raw rewards [T]."""
+    def add_episode(self, obs: torch.Tensor, bins: torch.Tensor, rewards: torch.Tensor, terminated: bool,
+                    explored: torch.Tensor | None = None) -> None:
+        """Store an episode: obs [T+1, obs_dim] (incl. final), bins [T, d], raw rewards [T]; explored [T] bool,
+        the steps whose action was not the greedy one (used with `n_step_cut`; None: none were)."""
         T = rewards.shape[0]
         rows = T + 1
         if rows > self.capacity:
@@ -55,7 +59,8 @@ class EpisodeReplay:
         if self.cursor + rows > self.capacity:  # keep episodes contiguous: wrap, dropping the tail rows
             self.sampleable[self.cursor:] = False
             self.cursor = 0
-        R, bootstrap, steps, mc = nstep_returns(rewards, terminated, self.n_step, self.discount)
+        R, bootstrap, steps, mc = nstep_returns(rewards, terminated, self.n_step, self.discount,
+                                                explored if self.n_step_cut else None)
         span = slice(self.cursor, self.cursor + rows)
         self.sampleable[span] = False  # rows of overwritten episodes only ever point forward, never in here
         self.obs[span] = obs
@@ -118,7 +123,8 @@ class EpisodeReplay:
             if isinstance(current, torch.Tensor) and current.shape != value.shape:
                 raise ValueError(f"replay {key} has shape {tuple(value.shape)} in the checkpoint, "
                                  f"{tuple(current.shape)} in the config")
-        for key in ("capacity", "n_step", "discount"):  # stored sums were computed with these
+        state = {"n_step_cut": False, **state}  # checkpoints before n_step_cut: windows were never cut
+        for key in ("capacity", "n_step", "discount", "n_step_cut"):  # stored sums were computed with these
             if state[key] != getattr(self, key):
                 raise ValueError(f"replay {key} is {state[key]} in the checkpoint, {getattr(self, key)} in the config")
         for key, value in state.items():

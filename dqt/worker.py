@@ -88,7 +88,8 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
     warning = aggregation.check_fault_tolerance(cfg["aggregation"], agents, cfg["aggregation_trim"], len(faults.agents))
     if warning and ctx.is_main:
         print(f"dqt: warning: {warning}", file=sys.stderr)
-    replay = EpisodeReplay(cfg["replay_size"], task.obs_dim, task.action_dim, cfg["bins"], cfg["n_step"], cfg["discount"])
+    replay = EpisodeReplay(cfg["replay_size"], task.obs_dim, task.action_dim, cfg["bins"], cfg["n_step"], cfg["discount"],
+                           cfg["n_step_cut"])
     # demonstrations live apart, so a fixed share of every batch comes from them (sample_mixed)
     demo_replay = EpisodeReplay((cfg["demos"] + num_envs) * (cfg["episode_length"] + 1), task.obs_dim, task.action_dim,
                                 cfg["bins"], cfg["n_step"], cfg["discount"]) if cfg["demos"] > 0 else None
@@ -160,10 +161,12 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
         # act: random bins during the seed steps, then greedy decode plus exploration
         if counters["env_steps"] < cfg["seed_steps"]:
             bins = torch.randint(cfg["bins"], (num_envs, task.action_dim), generator=generator)
+            explored = torch.ones(num_envs, dtype=torch.bool)
         else:
-            bins = greedy_bins(model, collector.obs.to(device)).cpu()
-            bins = explore(bins, cfg["bins"], generator=generator, **cfg["explore"])
-        collector.step(bins)
+            greedy = greedy_bins(model, collector.obs.to(device)).cpu()
+            bins = explore(greedy, cfg["bins"], generator=generator, **cfg["explore"])
+            explored = (bins != greedy).any(dim=1)
+        collector.step(bins, explored)
         counters["env_steps"] += num_envs
 
         # learn: updates_per_step per env step after the seed steps; every agent makes the same number

@@ -62,6 +62,24 @@ def test_nstep_returns_n_longer_than_episode():
     _check(out, [4.0, 4.0], [0.0, 0.0], [2, 1], [4.0, 4.0])
 
 
+def test_nstep_returns_cut_before_exploratory_steps():
+    # explored = [F, F, T, F]: step 2's action was random. Windows m = min(3, 4 - t, first k >= 1 with
+    # explored[t + k]): t = 0: k = 2 -> m = 2; t = 1: k = 1 -> m = 1; t = 2: its own exploration does not cut,
+    # nothing after it is explored -> m = 2; t = 3: m = 1.
+    # R_0 = 1 + 0.5*2 = 2; R_1 = 2; R_2 = 3 + 2 = 5; R_3 = 4; bootstrap gamma^m = [1/4, 1/2, 1/4, 1/2]
+    explored = torch.tensor([False, False, True, False])
+    out = algorithm.nstep_returns(REWARDS, terminated=False, n=3, discount=0.5, explored=explored)
+    _check(out, [2.0, 2.0, 5.0, 4.0], [0.25, 0.5, 0.25, 0.5], [2, 1, 2, 1], MC)
+    # terminated: only windows reaching T = 4 (t = 2, 3) end in the terminal state; the cut ones bootstrap
+    out = algorithm.nstep_returns(REWARDS, terminated=True, n=3, discount=0.5, explored=explored)
+    _check(out, [2.0, 2.0, 5.0, 4.0], [0.25, 0.5, 0.0, 0.0], [2, 1, 2, 1], MC)
+    # nothing explored: the plain windows; every step explored: one-step returns (the MC return never changes)
+    out = algorithm.nstep_returns(REWARDS, terminated=False, n=3, discount=0.5, explored=torch.zeros(4, dtype=torch.bool))
+    _check(out, [2.75, 4.5, 5.0, 4.0], [0.125, 0.125, 0.25, 0.5], [3, 3, 2, 1], MC)
+    out = algorithm.nstep_returns(REWARDS, terminated=True, n=3, discount=0.5, explored=torch.ones(4, dtype=torch.bool))
+    _check(out, [1.0, 2.0, 3.0, 4.0], [0.5, 0.5, 0.5, 0.0], [1, 1, 1, 1], MC)
+
+
 # --------------------------------------------------------------------------------------------------
 # targets: d = 2 dimensions, 3 bins, batch of 2
 

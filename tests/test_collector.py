@@ -247,3 +247,22 @@ def test_gaussian_exploration_moves_the_continuous_action_and_snaps_it_to_a_bin(
     # rounding to the nearest centre: |noise| < 0.1 keeps bin 5, P = erf(0.5 / sqrt 2) = 0.3829
     assert abs((chosen == 5).double().mean().item() - 0.3829) < 0.005
     assert torch.equal(explore(greedy, 11, kind="gaussian", std=0.0, eps=0.1, generator=torch.Generator()), greedy)
+
+
+def test_exploration_flags_reach_the_replays_n_step_windows():
+    # One Drift env, 6-step episodes (a time limit), n = 3 with n_step_cut: step 2's action is marked
+    # explored, so (hand-worked as in test_algorithm.py) the windows are m_t = [2, 1, 3, 3, 2, 1].
+    task = make_task("gym:toy_env:Drift-v0", action_repeat=1, episode_length=6)
+    replay = EpisodeReplay(100, task.obs_dim, task.action_dim, bins=5, n_step=3, discount=0.5, n_step_cut=True)
+    collector = Collector(task.make_vector_env([3]), replay, 5, 6)
+    zero = torch.full((1, task.action_dim), 2)  # the middle bin: no push
+    for t in range(6):
+        collector.step(zero, torch.tensor([t == 2]))
+        if t == 3:  # an episode in progress keeps its flags through a checkpoint
+            state = collector.state_dict()
+            assert state["episodes"]["ep_explored"][0, :4].tolist() == [False, False, True, False]
+    assert replay.transitions_added == 6  # the goal was not reached: the whole episode is stored
+    assert replay.offset[:6].tolist() == [2, 1, 3, 3, 2, 1]
+    # without flags (demonstrations) no window is cut
+    collector.step(zero)
+    assert not collector.ep_explored[0, 0]

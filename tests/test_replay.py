@@ -148,6 +148,27 @@ def test_load_state_dict_rejects_other_return_settings(key, other):
         configured.load_state_dict(saved.state_dict())
 
 
+def test_n_step_cut_uses_the_episodes_exploration_flags():
+    # rewards [1, 2, 3, 4], explored [F, F, T, F], n = 3, gamma = 0.5 (hand-worked in test_algorithm.py):
+    # windows [2, 1, 2, 1]; without n_step_cut the flags are ignored: windows [3, 3, 2, 1]
+    explored = torch.tensor([False, False, True, False])
+    for cut, steps, R in ((True, [2, 1, 2, 1], [2.0, 2.0, 5.0, 4.0]), (False, [3, 3, 2, 1], [2.75, 4.5, 5.0, 4.0])):
+        replay = EpisodeReplay(20, obs_dim=2, action_dims=2, bins=5, n_step=3, discount=0.5, n_step_cut=cut)
+        replay.add_episode(*_episode(7, 4, [1.0, 2.0, 3.0, 4.0]), terminated=False, explored=explored)
+        batch = replay.sample(64, _gen(0))
+        t = (batch["obs"][:, 0] % 100).long()
+        assert batch["steps"].tolist() == [steps[i] for i in t.tolist()]
+        assert batch["nstep_return"].tolist() == [R[i] for i in t.tolist()]
+        assert batch["next_obs"][:, 0].tolist() == [700.0 + i + steps[i] for i in t.tolist()]
+    # a checkpoint's sums were made with its setting: a buffer with the other one refuses them
+    saved = EpisodeReplay(12, obs_dim=2, action_dims=2, bins=5, n_step=3, discount=0.5, n_step_cut=True)
+    with pytest.raises(ValueError, match="n_step_cut"):
+        _replay(capacity=12).load_state_dict(saved.state_dict())
+    older = _replay(capacity=12).state_dict()
+    del older["n_step_cut"]  # written before the key: its windows were never cut
+    _replay(capacity=12).load_state_dict(older)
+
+
 def test_load_state_dict_rejects_other_shapes():
     small, large = _replay(capacity=8), _replay(capacity=12)
     with pytest.raises(ValueError, match="shape"):
