@@ -60,6 +60,10 @@ BENCHMARKS = {
         # policy that swings up and holds the pole earns about -150 over random starts)
         Benchmark("pendulum", ("task=gym:Pendulum-v1", *GYM, "train_steps=20000"),
                   "eval/return", -200.0, (1, 2, 3), 1, "held out: median over seeds of the return at 20k steps >= -200"),
+        Benchmark("inverted-double-pendulum", ("task=gym:InvertedDoublePendulum-v5", *GYM, "train_steps=50000",
+                                               "eval_every=5000"),
+                  "eval/return", 9100.0, (1, 2, 3), 1,
+                  "held out: median over seeds of the return at 50k steps >= 9100 (gymnasium's reward_threshold)"),
         # held out: MetaWorld tasks nothing was tuned on, run as door-unlock's default run with only the task changed
         *(Benchmark(name, (f"task=mw-{name}",), "eval/success_rate", 0.9, (1, 2, 3), 2,
                     "held out, default config but the task: door-unlock's target", "stable")
