@@ -13,14 +13,30 @@ from dqt.model import greedy_bins
 from dqt.replay import EpisodeReplay
 
 
-def explore(bins: torch.Tensor, n_bins: int, kind: str, std: float, eps: float,
+def explore(bins: torch.Tensor, n_bins: int, kind: str, std: float, eps: float | torch.Tensor,
             generator: torch.Generator) -> torch.Tensor:
-    """Exploration around greedy bins: Gaussian noise on the continuous action, or a random bin per dimension."""
+    """Exploration around greedy bins [num_envs, d]: Gaussian noise on the continuous action, or a random bin
+    per dimension with probability eps (a number, or one per env [num_envs], `env_eps`)."""
     if kind == "gaussian":
         noise = torch.randn(bins.shape, generator=generator) * std
         return to_bins(from_bins(bins, n_bins) + noise, n_bins)
     random_bins = torch.randint(n_bins, bins.shape, generator=generator)
-    return torch.where(torch.rand(bins.shape, generator=generator) < eps, random_bins, bins)
+    eps = torch.as_tensor(eps, dtype=torch.float32)
+    return torch.where(torch.rand(bins.shape, generator=generator) < eps.reshape(-1, 1), random_bins, bins)
+
+
+def env_eps(eps: float, spread: float, rank: int, num_envs: int, agents: int) -> torch.Tensor:
+    """The eps of each of this agent's sub-envs [num_envs] (`explore.spread`, Ape-X, Horgan et al. 2018).
+
+    Sub-env i of the N = agents * num_envs, counted over agents (i = rank * num_envs + j), explores with
+    eps^(1 + spread * i / (N - 1)): the first with eps, the last with eps^(1 + spread), so some envs explore
+    and others act almost greedily and replay also holds the long episodes a greedy policy reaches (a random
+    torque every tenth step topples a balancing pole). spread = 0: eps everywhere.
+    """
+    total = agents * num_envs
+    index = rank * num_envs + torch.arange(num_envs, dtype=torch.float64)
+    exponent = 1.0 + spread * index / (total - 1) if total > 1 else torch.ones(num_envs, dtype=torch.float64)
+    return (eps ** exponent).float()
 
 
 class Collector:

@@ -158,6 +158,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "explore.kind": _choice(*EXPLORE_KINDS),
     "explore.std": _float(0),
     "explore.eps": _float(0, 1),
+    "explore.spread": _float(0),
     "aggregation": _choice(*AGGREGATIONS),
     "aggregation_trim": _float(0, 0.5, hi_open=True),
     "faults.agents": _rank_list(),

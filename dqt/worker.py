@@ -14,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dqt import aggregation, checkpoint, distributed
 from dqt.algorithm import ValueMap, value_map
-from dqt.collector import Collector, collect_demos, eval_share, evaluate, explore, make_eval_envs
+from dqt.collector import Collector, collect_demos, env_eps, eval_share, evaluate, explore, make_eval_envs
 from dqt.envs import env_seed, eval_seed, goals_seed, make_task
 from dqt.errors import EXIT_RUN, RunError
 from dqt.learner import Learner
@@ -95,6 +95,8 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
                                 cfg["bins"], cfg["n_step"], cfg["discount"]) if cfg["demos"] > 0 else None
     # the LR schedule counts online updates: pretraining is not part of the run's horizon
     learner = Learner(ddp, model, cfg, int((cfg["train_steps"] - cfg["seed_steps"]) * cfg["updates_per_step"]))
+    explore_kind = cfg["explore"]
+    eps = env_eps(explore_kind["eps"], explore_kind["spread"], rank, num_envs, agents)  # per sub-env
     collector = Collector(envs, replay, cfg["bins"], cfg["episode_length"], f"task={cfg['task']}, agent {rank}",
                           cfg["bad_data"])
 
@@ -164,7 +166,7 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
             explored = torch.ones(num_envs, dtype=torch.bool)
         else:
             greedy = greedy_bins(model, collector.obs.to(device)).cpu()
-            bins = explore(greedy, cfg["bins"], generator=generator, **cfg["explore"])
+            bins = explore(greedy, cfg["bins"], explore_kind["kind"], explore_kind["std"], eps, generator)
             explored = (bins != greedy).any(dim=1)
         collector.step(bins, explored)
         counters["env_steps"] += num_envs

@@ -14,7 +14,7 @@ import torch
 
 import toy_env  # noqa: F401  (registers toy_env:Combo-v0 and the bad-data variants)
 from conftest import newest_checkpoint, run_train
-from dqt.collector import Collector, explore
+from dqt.collector import Collector, env_eps, explore
 from dqt.envs import make_task
 from dqt.errors import RunError
 from dqt.replay import EpisodeReplay
@@ -239,6 +239,24 @@ def test_eps_exploration_redraws_each_dimension_with_probability_eps():
     assert counts[5] == 0 and (counts.sum() / 10 - counts[torch.arange(11) != 5]).abs().max() < 0.1 * counts.sum() / 10
     same = explore(greedy, 11, kind="eps", std=0.2, eps=0.0, generator=torch.Generator().manual_seed(0))
     assert torch.equal(same, greedy)
+
+
+def test_spread_gives_each_sub_env_its_own_eps():
+    # N = 2 agents x 3 envs = 6, spread 5: exponent 1 + 5 i / 5 = 1 + i, so eps 0.5 gives 0.5^(1+i):
+    # agent 0 envs 0..2 -> i = 0, 1, 2 -> 0.5, 0.25, 0.125; agent 1 -> i = 3, 4, 5 -> 0.0625, 0.03125, 0.015625
+    assert env_eps(0.5, 5.0, 0, 3, 2).tolist() == [0.5, 0.25, 0.125]
+    assert env_eps(0.5, 5.0, 1, 3, 2).tolist() == [0.0625, 0.03125, 0.015625]
+    assert env_eps(0.1, 0.0, 1, 3, 2).tolist() == [torch.tensor(0.1).item()] * 3  # spread 0: eps everywhere
+    assert env_eps(0.1, 7.0, 0, 1, 1).tolist() == [torch.tensor(0.1).item()]  # a single env keeps eps
+    # explore draws each env's dimensions with its own eps: env 0 always, env 1 never, env 2 half the time
+    greedy = torch.full((3, 20_000), 5)
+    chosen = explore(greedy, 11, "eps", 0.2, torch.tensor([1.0, 0.0, 0.5]), torch.Generator().manual_seed(0))
+    changed = (chosen != greedy).double().mean(1)
+    assert abs(changed[0].item() - 10 / 11) < 0.01 and changed[1].item() == 0.0
+    assert abs(changed[2].item() - 0.5 * 10 / 11) < 0.015  # 20k draws: sd 0.0035
+    # the same eps for every env as a tensor draws exactly what the number does (runs with spread 0 unchanged)
+    as_number = explore(greedy, 11, "eps", 0.2, 0.1, torch.Generator().manual_seed(1))
+    assert torch.equal(as_number, explore(greedy, 11, "eps", 0.2, env_eps(0.1, 0.0, 0, 3, 1), torch.Generator().manual_seed(1)))
 
 
 def test_gaussian_exploration_moves_the_continuous_action_and_snaps_it_to_a_bin():

@@ -65,7 +65,8 @@ def main(argv: list[str]) -> None:
             raw_seconds += time.perf_counter() - start
             for name, (timed, explore_cfg) in runs.items():
                 start = time.perf_counter()
-                chosen = explore(greedy_bins(model, timed.collector.obs), bins, generator=generator, **explore_cfg)
+                chosen = explore(greedy_bins(model, timed.collector.obs), bins, explore_cfg["kind"], explore_cfg["std"],
+                                 explore_cfg["eps"], generator)
                 timed.collector.step(chosen)
                 seconds[name] += time.perf_counter() - start
         raw.append(env_steps / raw_seconds)
