@@ -105,11 +105,8 @@ def nstep_returns(rewards: torch.Tensor, terminated: bool, n: int, discount: flo
     mc = _return_to_go(r, discount)
     steps = torch.clamp(T - torch.arange(T), max=n)
     if explored is not None:
-        for k in range(1, n):  # the window stops at the nearest explored offset: clamping takes the minimum
-            later = torch.arange(T) + k
-            cut = torch.zeros(T, dtype=torch.bool)
-            cut[later < T] = explored[later[later < T]].bool()
-            steps = torch.where(cut, torch.clamp(steps, max=k), steps)
+        for k in range(1, min(n, T)):  # step t + k explored: m_t <= k (clamping keeps the nearest)
+            steps[: T - k] = torch.where(explored[k:].bool(), steps[: T - k].clamp(max=k), steps[: T - k])
     powers = discount ** torch.arange(n, dtype=torch.float64)
     R = torch.zeros(T, dtype=torch.float64)
     for k in range(n):

@@ -95,8 +95,8 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
                                 cfg["bins"], cfg["n_step"], cfg["discount"]) if cfg["demos"] > 0 else None
     # the LR schedule counts online updates: pretraining is not part of the run's horizon
     learner = Learner(ddp, model, cfg, int((cfg["train_steps"] - cfg["seed_steps"]) * cfg["updates_per_step"]))
-    explore_kind = cfg["explore"]
-    eps = env_eps(explore_kind["eps"], explore_kind["spread"], rank, num_envs, agents)  # per sub-env
+    exploration = cfg["explore"]
+    eps = env_eps(exploration["eps"], exploration["spread"], rank, num_envs, agents)  # per sub-env
     collector = Collector(envs, replay, cfg["bins"], cfg["episode_length"], f"task={cfg['task']}, agent {rank}",
                           cfg["bad_data"])
 
@@ -166,7 +166,7 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
             explored = torch.ones(num_envs, dtype=torch.bool)
         else:
             greedy = greedy_bins(model, collector.obs.to(device)).cpu()
-            bins = explore(greedy, cfg["bins"], explore_kind["kind"], explore_kind["std"], eps, generator)
+            bins = explore(greedy, cfg["bins"], exploration["kind"], exploration["std"], eps, generator)
             explored = (bins != greedy).any(dim=1)
         collector.step(bins, explored)
         counters["env_steps"] += num_envs
