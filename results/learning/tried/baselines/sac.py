@@ -1,0 +1,70 @@
+"""Plain SAC (Haarnoja et al. 2018, CleanRL's defaults: 256x256, lr 3e-4, auto entropy, tau 0.005, UTD 1, 5k random
+steps): a continuous actor-critic reference for the budget of dqt's gymnasium targets. Diagnostic only."""
+import argparse, json, time
+import numpy as np, torch, torch.nn as nn, torch.nn.functional as F, gymnasium as gym
+p = argparse.ArgumentParser()
+p.add_argument('--env', default='Reacher-v5'); p.add_argument('--seed', type=int, default=1)
+p.add_argument('--steps', type=int, default=50000); p.add_argument('--eval_every', type=int, default=5000)
+p.add_argument('--start', type=int, default=5000); p.add_argument('--out', default=None)
+a = p.parse_args()
+torch.manual_seed(a.seed); np.random.seed(a.seed); torch.set_num_threads(1)
+env = gym.make(a.env); eval_env = gym.make(a.env)
+od, ad = env.observation_space.shape[0], env.action_space.shape[0]
+hi = torch.as_tensor(env.action_space.high, dtype=torch.float32)
+mlp = lambda i, o: nn.Sequential(nn.Linear(i, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, o))
+q1, q2, actor = mlp(od + ad, 1), mlp(od + ad, 1), mlp(od, 2 * ad)
+q1t, q2t = mlp(od + ad, 1), mlp(od + ad, 1); q1t.load_state_dict(q1.state_dict()); q2t.load_state_dict(q2.state_dict())
+qopt = torch.optim.Adam(list(q1.parameters()) + list(q2.parameters()), lr=3e-4)
+aopt = torch.optim.Adam(actor.parameters(), lr=3e-4)
+log_alpha = torch.zeros(1, requires_grad=True); alopt = torch.optim.Adam([log_alpha], lr=3e-4)
+def pi(o, det=False):
+    mu, ls = actor(o).chunk(2, -1); ls = ls.clamp(-5, 2)
+    if det: return torch.tanh(mu) * hi, None
+    d = torch.distributions.Normal(mu, ls.exp()); u = d.rsample(); act = torch.tanh(u)
+    logp = (d.log_prob(u) - torch.log(1 - act.pow(2) + 1e-6)).sum(-1)
+    return act * hi, logp
+N = a.steps; O = np.zeros((N, od), np.float32); A = np.zeros((N, ad), np.float32); R = np.zeros(N, np.float32)
+O2 = np.zeros_like(O); D = np.zeros(N, np.float32); n = 0
+import itertools
+GRID = torch.as_tensor(list(itertools.product(__import__('numpy').linspace(-1, 1, 11), repeat=ad)), dtype=torch.float32)
+def grid_act(o):  # the critic's argmax over the 11^d grid of bin centres: a discretised greedy policy on SAC's critic
+    x = torch.cat([o.expand(len(GRID), od), GRID * hi], 1)
+    return (GRID[torch.min(q1(x), q2(x)).squeeze(1).argmax()] * hi).numpy()
+def evaluate(grid=False):
+    rets = []
+    for e in range(10):
+        o, _ = eval_env.reset(seed=10_000 * a.seed + e); ret, done = 0.0, False
+        while not done:
+            with torch.no_grad():
+                ot = torch.as_tensor(o, dtype=torch.float32)[None]
+                act = grid_act(ot) if grid else pi(ot, det=True)[0][0].numpy()
+            o, r, term, trunc, _ = eval_env.step(act); ret += r; done = term or trunc
+        rets.append(ret)
+    return float(np.mean(rets))
+o, _ = env.reset(seed=a.seed); t0 = time.time(); log = []
+for step in range(1, N + 1):
+    if step <= a.start: act = env.action_space.sample()
+    else:
+        with torch.no_grad(): act = pi(torch.as_tensor(o, dtype=torch.float32)[None])[0][0].numpy()
+    o2, r, term, trunc, _ = env.step(act)
+    O[n], A[n], R[n], O2[n], D[n] = o, act, r, o2, float(term); n += 1; o = o2
+    if term or trunc: o, _ = env.reset()
+    if step > a.start:
+        idx = np.random.randint(n, size=256)
+        ob, ac, rw, ob2, dn = (torch.as_tensor(x[idx]) for x in (O, A, R, O2, D))
+        with torch.no_grad():
+            a2, lp2 = pi(ob2); x2 = torch.cat([ob2, a2], 1)
+            y = rw + 0.99 * (1 - dn) * (torch.min(q1t(x2), q2t(x2)).squeeze(1) - log_alpha.exp() * lp2)
+        x = torch.cat([ob, ac], 1); ql = F.mse_loss(q1(x).squeeze(1), y) + F.mse_loss(q2(x).squeeze(1), y)
+        qopt.zero_grad(); ql.backward(); qopt.step()
+        an, lp = pi(ob); xn = torch.cat([ob, an], 1)
+        al = (log_alpha.exp().detach() * lp - torch.min(q1(xn), q2(xn)).squeeze(1)).mean()
+        aopt.zero_grad(); al.backward(); aopt.step()
+        alpha_loss = -(log_alpha * (lp.detach() - ad)).mean()  # target entropy -ad
+        alopt.zero_grad(); alpha_loss.backward(); alopt.step()
+        with torch.no_grad():
+            for net, tgt in ((q1, q1t), (q2, q2t)):
+                for pp, pt in zip(net.parameters(), tgt.parameters()): pt.lerp_(pp, 0.005)
+    if step % a.eval_every == 0:
+        log.append(dict(step=step, eval=evaluate(), grid=evaluate(True), t=time.time() - t0)); print(json.dumps(log[-1]), flush=True)
+if a.out: json.dump(log, open(a.out, 'w'))
