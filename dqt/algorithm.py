@@ -145,7 +145,8 @@ def greedy_values(head, features: torch.Tensor, online_q: torch.Tensor | None = 
 
 def targets(next_dimension_value: torch.Tensor, next_state_value: torch.Tensor, nstep_return: torch.Tensor,
             bootstrap_discount: torch.Tensor, mc_return: torch.Tensor, mc_lower_bound: bool,
-            value_bounds: tuple[float, float] | None = None) -> torch.Tensor:
+            value_bounds: tuple[float, float] | None = None,
+            one_step: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Bellman targets [B, d] (Sec. 4.1, Eq. 1; Sec. 4.2; Sec. 4.3), from `greedy_values` of the target net.
 
     next_dimension_value: [B, d-1], the value of dimension i+1 at (s_t, a_{1:i}); next_state_value: [B], the
@@ -154,11 +155,20 @@ def targets(next_dimension_value: torch.Tensor, next_state_value: torch.Tensor, 
       i = d:  y_d = R_t^{(m)} + gamma^m (1 - done) max_b Q_1(s_{t+m}, b)  (n-step backup across time steps)
       MC:     y_i = max(y_i, G_t)                                          (Monte-Carlo lower bound)
       clip:   y_i = clamp(y_i, *value_bounds)                  (values the rewards allow, `ValueMap.bounds`)
+    With `one_step` = (r_t, gamma (0 at a terminal s_{t+1}), max_b Q_1(s_{t+1}, b)) the n-step backup is only a
+    lower bound on the 1-step one (`n_step_bound`; optimality tightening, He et al. 2017):
+      i = d:  y_d = max(r_t + gamma max_b Q_1(s_{t+1}, b), R_t^{(m)} + gamma^m max_b Q_1(s_{t+m}, b))
+    acting optimally after any m - 1 steps of the behaviour is worth no more than acting optimally throughout,
+    so an exploring behaviour's n-step sum can lift a value faster than 1-step backups do, and never pull it
+    down to what an exploratory action threw away (deterministic dynamics; with noisy ones the max is optimistic).
     On rows the conservative term leaves out (the agents' own data) only `loss`'s excess term holds the maxima
     down; without it overestimation compounds through the backups (by up to 1 / (1 - gamma)) and Q climbs past
     anything a policy can reach; the clip stops that at the bound.
     """
     across_step = nstep_return + bootstrap_discount * next_state_value
+    if one_step is not None:
+        reward, discount, next1 = one_step
+        across_step = torch.maximum(across_step, reward + discount * next1)
     y = torch.cat([next_dimension_value, across_step.unsqueeze(1)], dim=1)
     if mc_lower_bound:
         y = torch.maximum(y, mc_return.unsqueeze(1))

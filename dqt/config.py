@@ -135,6 +135,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "bins": _int(2, 65536),
     "n_step": _int(1),
     "n_step_cut": _bool(),
+    "n_step_bound": _bool(),
     "discount": _float_or_auto(0, 1, lo_open=True),
     "tau": _float(0, 1, lo_open=True),
     "double_q": _bool(),

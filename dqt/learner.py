@@ -183,8 +183,16 @@ class Learner:
         nstep_return = self.value_map.returns(batch["nstep_return"], batch["steps"], bootstrap == 0, discount)
         mc_return = self.value_map.returns(batch["mc_return"], batch["to_end"], batch["terminated"], discount)
         bounds = self.value_map.bounds(*self.reward_range, discount) if self.cfg["target_clip"] else None
+        one_step = None
+        if self.cfg["n_step_bound"]:  # the 1-step backup at s_{t+1}: one more first-token forward of each net
+            next1_obs, no_prefix = batch["next1_obs"], prefix[:, :0]
+            next1 = algorithm.greedy_values(self.target, self.target.features(next1_obs, no_prefix)[:, 0],
+                                            self.module(next1_obs, no_prefix)[:, 0] if double_q else None)
+            terminal1 = batch["terminal1"]
+            one_step = (self.value_map.returns(batch["reward"], torch.ones_like(batch["steps"]), terminal1, discount),
+                        torch.where(terminal1, 0.0, discount), next1)
         return algorithm.targets(within_step, across_step, nstep_return, bootstrap, mc_return,
-                                 self.cfg["mc_lower_bound"], bounds)
+                                 self.cfg["mc_lower_bound"], bounds, one_step)
 
     def state_dict(self) -> dict:
         """Model, target, weight average, optimiser, scheduler and counters."""

@@ -27,6 +27,7 @@ class EpisodeReplay:
         self.nstep_return = torch.zeros(capacity, dtype=torch.float32)
         self.bootstrap_discount = torch.zeros(capacity, dtype=torch.float32)
         self.mc_return = torch.zeros(capacity, dtype=torch.float32)
+        self.reward = torch.zeros(capacity, dtype=torch.float32)  # r_t, the 1-step return (`n_step_bound`)
         self.offset = torch.zeros(capacity, dtype=torch.uint8 if n_step < 256 else torch.int32)
         self.to_end = torch.zeros(capacity, dtype=torch.int32)  # steps from the row to the episode's end
         self.terminated = torch.zeros(capacity, dtype=torch.bool)  # the episode ended in a terminal state
@@ -40,7 +41,7 @@ class EpisodeReplay:
 
     def bytes_per_row(self) -> int:
         """Memory of one row across all arrays."""
-        arrays = (self.obs, self.bins, self.nstep_return, self.bootstrap_discount, self.mc_return,
+        arrays = (self.obs, self.bins, self.nstep_return, self.bootstrap_discount, self.mc_return, self.reward,
                   self.offset, self.to_end, self.terminated, self.sampleable)
         return sum(a[0].numel() * a.element_size() for a in arrays)
 
@@ -67,6 +68,7 @@ class EpisodeReplay:
         s = slice(self.cursor, self.cursor + T)
         self.bins[s] = bins.to(self.bins.dtype)
         self.nstep_return[s], self.bootstrap_discount[s], self.mc_return[s] = R, bootstrap, mc
+        self.reward[s] = rewards.float()
         self.offset[s] = steps.to(self.offset.dtype)
         self.to_end[s] = torch.arange(T, 0, -1, dtype=torch.int32)
         self.terminated[s] = terminated
@@ -109,6 +111,10 @@ class EpisodeReplay:
             "to_end": self.to_end[index].long(),
             "terminated": self.terminated[index],
             "successor": successor,
+            # the 1-step backup (`n_step_bound`): r_t and s_{t+1}, the next row; gamma^1 there unless s_{t+1} is terminal
+            "reward": self.reward[index],
+            "next1_obs": self.obs[index + 1],
+            "terminal1": self.terminated[index] & (self.to_end[index] == 1),
         }
 
     def state_dict(self) -> dict:
@@ -124,6 +130,11 @@ class EpisodeReplay:
                 raise ValueError(f"replay {key} has shape {tuple(value.shape)} in the checkpoint, "
                                  f"{tuple(current.shape)} in the config")
         state = {"n_step_cut": False, **state}  # checkpoints before n_step_cut: windows were never cut
+        if "reward" not in state:  # checkpoints before n_step_bound: r_t was not kept (only sums); 1-step windows hold it
+            if self.n_step != 1 and bool(state["sampleable"].any()):
+                raise ValueError("this checkpoint's replay predates n_step_bound and kept no 1-step rewards; "
+                                 "resume it with the dqt it was written by")
+            state = {**state, "reward": state["nstep_return"].clone()}
         for key in ("capacity", "n_step", "discount", "n_step_cut"):  # stored sums were computed with these
             if state[key] != getattr(self, key):
                 raise ValueError(f"replay {key} is {state[key]} in the checkpoint, {getattr(self, key)} in the config")

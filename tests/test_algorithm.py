@@ -125,6 +125,19 @@ def test_targets_with_mc_bound():
     assert torch.equal(y, torch.tensor([[0.9375, 0.9375], [0.8125, 0.5]]))
 
 
+def test_n_step_bound_takes_the_larger_of_the_one_step_and_n_step_backups():
+    within = torch.tensor([[0.3], [0.6]])
+    # n-step: R + gamma^m V(s_{t+m}) = 1 + 0.25 * 2 = 1.5 and -1 + 0.25 * 2 = -0.5
+    # 1-step: r + gamma V(s_{t+1}) = 0.5 + 0.5 * 1 = 1.0 and 0.5 + 0.5 * 2 = 1.5; a terminal s_{t+1}: r alone
+    args = (within, torch.tensor([2.0, 2.0]), torch.tensor([1.0, -1.0]), torch.tensor([0.25, 0.25]),
+            torch.tensor([0.0, 0.0]), False)
+    one_step = (torch.tensor([0.5, 0.5]), torch.tensor([0.5, 0.5]), torch.tensor([1.0, 2.0]))
+    assert torch.equal(algorithm.targets(*args), torch.tensor([[0.3, 1.5], [0.6, -0.5]]))
+    assert torch.equal(algorithm.targets(*args, one_step=one_step), torch.tensor([[0.3, 1.5], [0.6, 1.5]]))
+    terminal = (torch.tensor([0.5, 0.5]), torch.tensor([0.5, 0.0]), torch.tensor([1.0, 2.0]))
+    assert torch.equal(algorithm.targets(*args, one_step=terminal), torch.tensor([[0.3, 1.5], [0.6, 0.5]]))
+
+
 def test_targets_are_clipped_to_the_value_bounds():
     # unclipped (test_targets_with_mc_bound): [[0.9375, 0.9375], [0.8125, 0.5]]; bounds [0.625, 0.875]
     y = _targets(TARGET_Q, TARGET_Q_NEXT_FIRST, NSTEP_RETURN, BOOTSTRAP, MC_RETURN, mc_lower_bound=True,
@@ -263,7 +276,7 @@ def test_loss_gradient_flows_into_q_only():
 
 LEARNER_CFG = {"lr": 1e-3, "weight_decay": 0.0, "lr_schedule": "constant", "lr_final": 0.1, "lr_scale": "none",
                "num_agents": 1, "lr_plateau": {"factor": 0.5, "patience": 3}, "mc_lower_bound": True,
-               "target_clip": False, "excess_weight": 0.0,
+               "target_clip": False, "n_step_bound": False, "excess_weight": 0.0,
                "conservative_weight": 0.5, "grad_clip": 10.0, "tau": 0.005, "double_q": True, "discount": 0.5,
                "conservative_rows": "all", "eval_ema": 0.0}
 
@@ -402,6 +415,28 @@ def test_learner_targets_use_the_value_map():
     expected_last = plain[:, -1] + batch["nstep_return"] + shift  # 2 R + shift + bootstrap value (unchanged)
     torch.testing.assert_close(mapped[:, -1], expected_last, rtol=0, atol=1e-6)
     assert torch.equal(mapped[:, 0], plain[:, 0])  # within a step nothing is mapped: the max is already a value
+
+
+def test_learner_n_step_bound_on_one_step_windows_changes_nothing():
+    # with 1-step windows the n-step backup is the 1-step one: the bound's extra forward at s_{t+1} must read
+    # the same values the successor rows give, so y = max(x, x) = x; a larger r_t then lifts only the last dimension
+    torch.manual_seed(0)
+    model = QTransformer(obs_dim=3, action_dims=2, bins=5, dim=16, depth=1, heads=2)
+    gamma = LEARNER_CFG["discount"]
+    batch = _batch(torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    batch["bootstrap_discount"] = torch.tensor([gamma, gamma, 0.0, gamma])  # one step each, row 2 terminal
+    batch.update(reward=batch["nstep_return"].clone(), next1_obs=batch["next_obs"].clone(),
+                 terminal1=torch.tensor([False, False, True, False]))
+    q = model(batch["obs"], batch["bins"][:, :-1]).detach()
+    plain = Learner(model, model, {**LEARNER_CFG, "mc_lower_bound": False}, total_updates=10).targets(batch, q)
+    bound = Learner(model, model, {**LEARNER_CFG, "mc_lower_bound": False, "n_step_bound": True},
+                    total_updates=10).targets(batch, q)
+    torch.testing.assert_close(bound, plain, rtol=0, atol=1e-6)
+    batch["reward"] = batch["reward"] + 10.0
+    lifted = Learner(model, model, {**LEARNER_CFG, "mc_lower_bound": False, "n_step_bound": True},
+                     total_updates=10).targets(batch, q)
+    torch.testing.assert_close(lifted[:, -1], plain[:, -1] + 10.0, rtol=0, atol=1e-5)
+    assert torch.equal(lifted[:, 0], plain[:, 0])
 
 
 def test_learner_clips_targets_to_the_rewards_seen_only_with_target_clip():

@@ -107,12 +107,26 @@ def test_empty_replay_cannot_sample():
 
 
 def test_bytes_per_row():
-    # obs 39 x 4 bytes + bins 4 x uint8 + three float32 scalars + uint8 offset + int32 to_end + two bools
-    # = 156 + 4 + 12 + 1 + 4 + 2
+    # obs 39 x 4 bytes + bins 4 x uint8 + four float32 scalars + uint8 offset + int32 to_end + two bools
+    # = 156 + 4 + 16 + 1 + 4 + 2
     replay = EpisodeReplay(8, obs_dim=39, action_dims=4, bins=256, n_step=3, discount=0.98)
-    assert replay.bytes_per_row() == 179
+    assert replay.bytes_per_row() == 183
     # 257 bins no longer fit uint8: int16 bins, 4 x 2 bytes
-    assert EpisodeReplay(8, obs_dim=39, action_dims=4, bins=257, n_step=3, discount=0.98).bytes_per_row() == 183
+    assert EpisodeReplay(8, obs_dim=39, action_dims=4, bins=257, n_step=3, discount=0.98).bytes_per_row() == 187
+
+
+def test_sample_carries_the_one_step_backup():
+    # a terminated episode of 3 steps, rewards 1, 2, 4; n = 3: rows 0..2 hold r_t, s_{t+1} is the next row,
+    # and only the last step's s_{t+1} is terminal
+    replay = EpisodeReplay(8, obs_dim=1, action_dims=1, bins=3, n_step=3, discount=0.5)
+    obs = torch.tensor([[10.0], [11.0], [12.0], [13.0]])
+    replay.add_episode(obs, torch.zeros(3, 1, dtype=torch.long), torch.tensor([1.0, 2.0, 4.0]), terminated=True)
+    batch = replay.sample(64, torch.Generator().manual_seed(0))
+    t = (batch["obs"][:, 0] - 10).long()
+    assert torch.equal(batch["reward"], torch.tensor([1.0, 2.0, 4.0])[t])
+    assert torch.equal(batch["next1_obs"][:, 0], batch["obs"][:, 0] + 1)
+    assert torch.equal(batch["terminal1"], t == 2)
+    assert torch.equal(batch["nstep_return"], torch.tensor([1 + 1 + 1.0, 2 + 2.0, 4.0])[t])  # the n-step sums stay
 
 
 def test_state_dict_round_trip_gives_identical_samples():
