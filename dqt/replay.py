@@ -18,9 +18,10 @@ class EpisodeReplay:
     """Ring buffer of rows; episodes are added whole and sampled as transitions in pairs (see `sample`)."""
 
     def __init__(self, capacity: int, obs_dim: int, action_dims: int, bins: int, n_step: int, discount: float,
-                 n_step_cut: bool = False):
+                 n_step_cut: bool = False, one_step: bool = False):
         self.capacity, self.n_step, self.discount = capacity, n_step, discount
         self.n_step_cut = n_step_cut  # end n-step windows before exploratory steps (`algorithm.nstep_returns`)
+        self.one_step = one_step  # batches also carry the 1-step backup's r_t and s_{t+1} (`n_step_bound`)
         bin_dtype = torch.uint8 if bins <= 256 else torch.int16 if bins <= 32768 else torch.int32
         self.obs = torch.zeros(capacity, obs_dim, dtype=torch.float32)
         self.bins = torch.zeros(capacity, action_dims, dtype=bin_dtype)
@@ -100,7 +101,7 @@ class EpisodeReplay:
         successor = torch.full((batch_size,), -1, dtype=torch.long)
         successor[: second.numel()] = torch.where(paired, torch.arange(first, batch_size), -1)
         next_index = index + self.offset[index].long()
-        return {
+        batch = {
             "obs": self.obs[index],
             "bins": self.bins[index].long(),
             "nstep_return": self.nstep_return[index],
@@ -111,11 +112,11 @@ class EpisodeReplay:
             "to_end": self.to_end[index].long(),
             "terminated": self.terminated[index],
             "successor": successor,
-            # the 1-step backup (`n_step_bound`): r_t and s_{t+1}, the next row; gamma^1 there unless s_{t+1} is terminal
-            "reward": self.reward[index],
-            "next1_obs": self.obs[index + 1],
-            "terminal1": self.terminated[index] & (self.to_end[index] == 1),
         }
+        if self.one_step:  # the 1-step backup (`n_step_bound`): r_t and s_{t+1}, the next row, terminal at the end
+            batch.update(reward=self.reward[index], next1_obs=self.obs[index + 1],
+                         terminal1=self.terminated[index] & (self.to_end[index] == 1))
+        return batch
 
     def state_dict(self) -> dict:
         """Everything needed to restore the buffer (tensors and counters)."""
@@ -130,8 +131,9 @@ class EpisodeReplay:
                 raise ValueError(f"replay {key} has shape {tuple(value.shape)} in the checkpoint, "
                                  f"{tuple(current.shape)} in the config")
         state = {"n_step_cut": False, **state}  # checkpoints before n_step_cut: windows were never cut
+        state.pop("one_step", None)  # what batches carry is this run's config (n_step_bound), not the checkpoint's
         if "reward" not in state:  # checkpoints before n_step_bound: r_t was not kept (only sums); 1-step windows hold it
-            if self.n_step != 1 and bool(state["sampleable"].any()):
+            if self.one_step and self.n_step != 1 and bool(state["sampleable"].any()):
                 raise ValueError("this checkpoint's replay predates n_step_bound and kept no 1-step rewards; "
                                  "resume it with the dqt it was written by")
             state = {**state, "reward": state["nstep_return"].clone()}

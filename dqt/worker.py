@@ -89,10 +89,11 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
     if warning and ctx.is_main:
         print(f"dqt: warning: {warning}", file=sys.stderr)
     replay = EpisodeReplay(cfg["replay_size"], task.obs_dim, task.action_dim, cfg["bins"], cfg["n_step"], cfg["discount"],
-                           cfg["n_step_cut"])
+                           cfg["n_step_cut"], cfg["n_step_bound"])
     # demonstrations live apart, so a fixed share of every batch comes from them (sample_mixed)
     demo_replay = EpisodeReplay((cfg["demos"] + num_envs) * (cfg["episode_length"] + 1), task.obs_dim, task.action_dim,
-                                cfg["bins"], cfg["n_step"], cfg["discount"]) if cfg["demos"] > 0 else None
+                                cfg["bins"], cfg["n_step"], cfg["discount"], one_step=cfg["n_step_bound"]
+                                ) if cfg["demos"] > 0 else None
     # the LR schedule counts online updates: pretraining is not part of the run's horizon
     learner = Learner(ddp, model, cfg, int((cfg["train_steps"] - cfg["seed_steps"]) * cfg["updates_per_step"]))
     exploration = cfg["explore"]

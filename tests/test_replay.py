@@ -118,7 +118,7 @@ def test_bytes_per_row():
 def test_sample_carries_the_one_step_backup():
     # a terminated episode of 3 steps, rewards 1, 2, 4; n = 3: rows 0..2 hold r_t, s_{t+1} is the next row,
     # and only the last step's s_{t+1} is terminal
-    replay = EpisodeReplay(8, obs_dim=1, action_dims=1, bins=3, n_step=3, discount=0.5)
+    replay = EpisodeReplay(8, obs_dim=1, action_dims=1, bins=3, n_step=3, discount=0.5, one_step=True)
     obs = torch.tensor([[10.0], [11.0], [12.0], [13.0]])
     replay.add_episode(obs, torch.zeros(3, 1, dtype=torch.long), torch.tensor([1.0, 2.0, 4.0]), terminated=True)
     batch = replay.sample(64, torch.Generator().manual_seed(0))
@@ -238,3 +238,14 @@ def test_mixed_batches_use_the_only_replay_that_holds_episodes():
     assert (sample_mixed(online, None, 8, 0.5, _gen(0))["obs"][:, 0] // 100).eq(1).all()  # demos=0
     empty = _replay(capacity=40)
     assert (sample_mixed(online, empty, 8, 0.5, _gen(0))["obs"][:, 0] // 100).eq(1).all()
+
+
+def test_one_step_fields_only_when_asked_and_old_checkpoints_still_load():
+    obs, bins, rewards = torch.tensor([[1.0], [2.0], [3.0]]), torch.zeros(2, 1, dtype=torch.long), torch.ones(2)
+    plain = EpisodeReplay(8, obs_dim=1, action_dims=1, bins=3, n_step=3, discount=0.5)
+    plain.add_episode(obs, bins, rewards, terminated=False)
+    assert "reward" not in plain.sample(4, torch.Generator().manual_seed(0))
+    old = {k: v for k, v in plain.state_dict().items() if k not in ("reward", "one_step")}  # before n_step_bound
+    EpisodeReplay(8, obs_dim=1, action_dims=1, bins=3, n_step=3, discount=0.5).load_state_dict(old)
+    with pytest.raises(ValueError, match="predates n_step_bound"):  # r_t cannot be recovered from 3-step sums
+        EpisodeReplay(8, obs_dim=1, action_dims=1, bins=3, n_step=3, discount=0.5, one_step=True).load_state_dict(old)
