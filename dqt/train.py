@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -76,6 +77,10 @@ def _checked(task_cfg: DictConfig, run_dir: str) -> dict | None:
     except ConfigError as error:
         if int(os.environ.get("LOCAL_RANK", 0)) == 0:
             print(f"dqt: {error}", file=sys.stderr)
+        else:
+            # torchrun stops every rank as soon as one fails: the others wait for local rank 0, whose exit ends
+            # them, so a busy machine cannot kill it before its one line is out
+            time.sleep(30)
         sys.exit(EXIT_CONFIG)
     if cfg["resume"] == "auto":  # every rank decides from the (shared) run directory: the agents agree
         step = finished_at(cfg, run_dir)
