@@ -135,11 +135,12 @@ def greedy_values(head, features: torch.Tensor, online_q: torch.Tensor | None = 
     online net's Q [..., bins] at the same inputs, double Q-learning's Q_target(argmax_b Q_online(b))
     (van Hasselt et al. 2016): the online net picks the bin, the target net values it.
 
-    head: the target network (its `head` gives every bin's Q, `head_at` one bin's); features [..., dim]:
-    the target network's features. Returns [...].
+    head: the target network (its `lowest` gives every bin's Q, `head_at` one bin's, both the lowest of its
+    critics: clipped double Q, Fujimoto et al. 2018); features [..., dim]: the target network's features.
+    Returns [...].
     """
     if online_q is None:
-        return head.head(features).amax(dim=-1)
+        return head.lowest(features).amax(dim=-1)
     return head.head_at(features, online_q.argmax(dim=-1))
 
 

@@ -148,6 +148,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.depth": _int(1),
     "model.heads": _int(1),
     "model.dueling": _bool(),
+    "model.critics": _int(1),
     "lr": _float(0, lo_open=True),
     "weight_decay": _float(0),
     "grad_clip": _float(0),

@@ -102,13 +102,15 @@ class Learner:
         `scheduled=False` (pretraining) leaves the LR schedule where it is: it counts online updates only.
         """
         obs, bins = batch["obs"], batch["bins"]
-        q = self.online(obs, bins[:, :-1])
-        y = self.targets(batch, q.detach())
+        q = self.online(obs, bins[:, :-1], every_critic=True)  # [B, d, critics, bins]
+        y = self.targets(batch, q.detach().mean(-2))
         # the conservative term keeps Q inside the support of a fixed dataset (the paper's offline setting):
         # by default the demonstrations; on the agents' own data it would pull values towards 0 as they improve
         rows = None if self.cfg["conservative_rows"] == "all" else batch["demo"]
-        total, td, conservative, q_data = algorithm.loss(q, bins, y, self.cfg["conservative_weight"], rows,
-                                                           self.cfg["excess_weight"])
+        critics = q.shape[-2]  # every critic learns the same targets: its own row per (dimension, critic)
+        total, td, conservative, q_data = algorithm.loss(
+            q.flatten(1, 2), bins.repeat_interleave(critics, dim=1), y.repeat_interleave(critics, dim=1),
+            self.cfg["conservative_weight"], rows, self.cfg["excess_weight"])
 
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()  # DDP's communication hook aggregates the gradients across agents here

@@ -56,21 +56,24 @@ class QTransformer(nn.Module):
     """Autoregressive Q-function over `action_dims` discretised dimensions of `bins` bins each."""
 
     def __init__(self, obs_dim: int, action_dims: int, bins: int, dim: int = 128, depth: int = 2,
-                 heads: int = 4, dueling: bool = False):
+                 heads: int = 4, dueling: bool = False, critics: int = 1):
         super().__init__()
-        self.action_dims, self.bins, self.dueling = action_dims, bins, dueling
+        self.action_dims, self.bins, self.dueling, self.critics = action_dims, bins, dueling, critics
         self.encoder = nn.Sequential(nn.Linear(obs_dim, dim), nn.LayerNorm(dim), nn.GELU(), nn.Linear(dim, dim))
         self.bin_embedding = nn.Embedding(action_dims * bins, dim)  # a separate table per dimension
         self.position = nn.Parameter(torch.zeros(action_dims, dim))
         self.blocks = nn.ModuleList(CausalBlock(dim, heads) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
-        self.advantage = nn.Linear(dim, bins)
-        self.value = nn.Linear(dim, 1) if dueling else None
+        # `critics` linear heads on the shared features, side by side in one layer (critic c: rows c*bins ...)
+        self.advantage = nn.Linear(dim, critics * bins)
+        self.value = nn.Linear(dim, critics) if dueling else None
         nn.init.normal_(self.position, std=0.02)
 
-    def forward(self, obs: torch.Tensor, prefix_bins: torch.Tensor) -> torch.Tensor:
-        """Q-values [B, k+1, bins] for dimensions 0..k given obs [B, obs_dim] and prefix_bins [B, k] (k < d)."""
-        return self.head(self.features(obs, prefix_bins))
+    def forward(self, obs: torch.Tensor, prefix_bins: torch.Tensor, every_critic: bool = False) -> torch.Tensor:
+        """Q-values [B, k+1, bins] for dimensions 0..k given obs [B, obs_dim] and prefix_bins [B, k] (k < d):
+        the mean over the critics; with `every_critic`, each critic's, [B, k+1, critics, bins]."""
+        features = self.features(obs, prefix_bins)
+        return self.critic_values(features) if every_critic else self.head(features)
 
     def features(self, obs: torch.Tensor, prefix_bins: torch.Tensor) -> torch.Tensor:
         """The head's input [B, k+1, dim] for forward()'s arguments."""
@@ -83,23 +86,37 @@ class QTransformer(nn.Module):
             x = block(x)
         return self.norm(x)
 
-    def head(self, features: torch.Tensor) -> torch.Tensor:
-        """Q-values [..., bins] of every bin from features [..., dim]."""
-        q = self.advantage(features)
+    def critic_values(self, features: torch.Tensor) -> torch.Tensor:
+        """Every critic's Q-values [..., critics, bins] from features [..., dim]."""
+        q = self.advantage(features).unflatten(-1, (self.critics, self.bins))
         if self.value is not None:
-            q = self.value(features) + q - q.mean(-1, keepdim=True)
+            q = self.value(features).unsqueeze(-1) + q - q.mean(-1, keepdim=True)
         return q
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """Q-values [..., bins] of every bin from features [..., dim], the mean over the critics: what acting
+        and the double-Q choice of a bin rank by."""
+        if self.critics == 1:
+            return self.critic_values(features).squeeze(-2)
+        return self.critic_values(features).mean(-2)
+
+    def lowest(self, features: torch.Tensor) -> torch.Tensor:
+        """The lowest critic's Q-value [..., bins] of every bin: what a backup takes (clipped double Q)."""
+        return self.critic_values(features).amin(-2)
 
     def head_at(self, features: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-        """head(features) at one bin per token, [...], from features [..., dim] and bins [...] (long).
+        """lowest(features) at one bin per token, [...], from features [..., dim] and bins [...] (long).
 
-        Costs one dot product per token instead of `bins`: targets need the value of a single chosen bin.
+        Costs one dot product per token and critic instead of `bins`: targets need the value of a single
+        chosen bin.
         """
-        q = (self.advantage.weight[bins] * features).sum(-1) + self.advantage.bias[bins]
+        rows = torch.arange(self.critics, device=bins.device) * self.bins + bins.unsqueeze(-1)  # [..., critics]
+        q = (self.advantage.weight[rows] * features.unsqueeze(-2)).sum(-1) + self.advantage.bias[rows]
         if self.value is not None:  # the mean advantage over bins is linear in the features
-            mean = features @ self.advantage.weight.mean(0) + self.advantage.bias.mean()
-            q = self.value(features).squeeze(-1) + q - mean
-        return q
+            weight = self.advantage.weight.unflatten(0, (self.critics, self.bins)).mean(1)  # [critics, dim]
+            bias = self.advantage.bias.unflatten(0, (self.critics, self.bins)).mean(1)
+            q = self.value(features) + q - (features @ weight.T + bias)
+        return q.amin(-1)
 
 
 @torch.inference_mode()

@@ -81,3 +81,33 @@ def test_head_at_is_the_head_at_one_bin(dueling):
         torch.testing.assert_close(model.head_at(features, chosen),
                                    everything.gather(-1, chosen.unsqueeze(-1)).squeeze(-1), rtol=0, atol=1e-5)
     assert not torch.equal(model.head_at(features, chosen), model.head_at(features, (chosen + 1) % BINS))
+
+
+@pytest.mark.parametrize("dueling", [False, True])
+def test_critics_head_is_their_mean_and_backups_take_their_min(dueling):
+    # two critics on one transformer: acting ranks bins by the mean, lowest and head_at give the min (clipped double Q)
+    torch.manual_seed(4)
+    model = QTransformer(obs_dim=OBS_DIM, action_dims=DIMS, bins=BINS, dim=16, depth=1, heads=2, dueling=dueling,
+                         critics=2).eval()
+    gen = torch.Generator().manual_seed(4)
+    obs = torch.randn(8, OBS_DIM, generator=gen)
+    prefix = torch.randint(BINS, (8, DIMS - 1), generator=gen)
+    chosen = torch.randint(BINS, (8, DIMS), generator=gen)
+    with torch.no_grad():
+        features = model.features(obs, prefix)
+        weight, bias = model.advantage.weight, model.advantage.bias  # critic c: rows c * BINS ... c * BINS + BINS - 1
+        by_hand = torch.stack([features @ weight[c * BINS:(c + 1) * BINS].T + bias[c * BINS:(c + 1) * BINS]
+                               for c in range(2)], dim=-2)  # [8, DIMS, 2, BINS]
+        if dueling:
+            by_hand = model.value(features).unsqueeze(-1) + by_hand - by_hand.mean(-1, keepdim=True)
+        every = model(obs, prefix, every_critic=True)
+        assert every.shape == (8, DIMS, 2, BINS)
+        torch.testing.assert_close(every, by_hand, rtol=0, atol=1e-5)
+        torch.testing.assert_close(model(obs, prefix), (by_hand[..., 0, :] + by_hand[..., 1, :]) / 2, rtol=0, atol=1e-5)
+        lowest = torch.minimum(by_hand[..., 0, :], by_hand[..., 1, :])
+        torch.testing.assert_close(model.lowest(features), lowest, rtol=0, atol=1e-5)
+        torch.testing.assert_close(model.head_at(features, chosen), lowest.gather(-1, chosen.unsqueeze(-1)).squeeze(-1),
+                                   rtol=0, atol=1e-5)
+        # the critics differ, so the min is not the mean
+        assert (every[..., 0, :] - every[..., 1, :]).abs().min() > 0
+        assert (model.lowest(features) < model.head(features)).all()
