@@ -56,24 +56,23 @@ class QTransformer(nn.Module):
     """Autoregressive Q-function over `action_dims` discretised dimensions of `bins` bins each."""
 
     def __init__(self, obs_dim: int, action_dims: int, bins: int, dim: int = 128, depth: int = 2,
-                 heads: int = 4, dueling: bool = False, critics: int = 1):
+                 heads: int = 4, dueling: bool = False):
         super().__init__()
-        self.action_dims, self.bins, self.dueling, self.critics = action_dims, bins, dueling, critics
+        self.action_dims, self.bins, self.dueling = action_dims, bins, dueling
         self.encoder = nn.Sequential(nn.Linear(obs_dim, dim), nn.LayerNorm(dim), nn.GELU(), nn.Linear(dim, dim))
         self.bin_embedding = nn.Embedding(action_dims * bins, dim)  # a separate table per dimension
         self.position = nn.Parameter(torch.zeros(action_dims, dim))
         self.blocks = nn.ModuleList(CausalBlock(dim, heads) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
-        # `critics` linear heads on the shared features, side by side in one layer (critic c: rows c*bins ...)
-        self.advantage = nn.Linear(dim, critics * bins)
-        self.value = nn.Linear(dim, critics) if dueling else None
+        self.advantage = nn.Linear(dim, bins)
+        self.value = nn.Linear(dim, 1) if dueling else None
         nn.init.normal_(self.position, std=0.02)
 
     def forward(self, obs: torch.Tensor, prefix_bins: torch.Tensor, every_critic: bool = False) -> torch.Tensor:
-        """Q-values [B, k+1, bins] for dimensions 0..k given obs [B, obs_dim] and prefix_bins [B, k] (k < d):
-        the mean over the critics; with `every_critic`, each critic's, [B, k+1, critics, bins]."""
-        features = self.features(obs, prefix_bins)
-        return self.critic_values(features) if every_critic else self.head(features)
+        """Q-values [B, k+1, bins] for dimensions 0..k given obs [B, obs_dim] and prefix_bins [B, k] (k < d);
+        with `every_critic`, [B, k+1, 1, bins]: the one critic's, as `Critics` gives each of its own."""
+        q = self.head(self.features(obs, prefix_bins))
+        return q.unsqueeze(-2) if every_critic else q
 
     def features(self, obs: torch.Tensor, prefix_bins: torch.Tensor) -> torch.Tensor:
         """The head's input [B, k+1, dim] for forward()'s arguments."""
@@ -86,54 +85,99 @@ class QTransformer(nn.Module):
             x = block(x)
         return self.norm(x)
 
-    def critic_values(self, features: torch.Tensor) -> torch.Tensor:
-        """Every critic's Q-values [..., critics, bins] from features [..., dim]."""
-        q = self.advantage(features).unflatten(-1, (self.critics, self.bins))
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """Q-values [..., bins] of every bin from features [..., dim]."""
+        q = self.advantage(features)
         if self.value is not None:
-            q = self.value(features).unsqueeze(-1) + q - q.mean(-1, keepdim=True)
+            q = self.value(features) + q - q.mean(-1, keepdim=True)
         return q
 
+    def lowest(self, features: torch.Tensor) -> torch.Tensor:
+        """The value a backup takes for every bin, [..., bins]: with one critic, `head` itself."""
+        return self.head(features)
+
+    def head_at(self, features: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+        """head(features) at one bin per token, [...], from features [..., dim] and bins [...] (long).
+
+        Costs one dot product per token instead of `bins`: targets need the value of a single chosen bin.
+        """
+        q = (self.advantage.weight[bins] * features).sum(-1) + self.advantage.bias[bins]
+        if self.value is not None:  # the mean advantage over bins is linear in the features
+            mean = features @ self.advantage.weight.mean(0) + self.advantage.bias.mean()
+            q = self.value(features).squeeze(-1) + q - mean
+        return q
+
+
+class Critics(nn.Module):
+    """`critics` independent Q-Transformers with one interface (`model.critics`): acting ranks bins by their mean
+    Q, every backup takes the lowest critic's value at the chosen bin (clipped double Q, Fujimoto et al. 2018;
+    an ensemble's min as in RLPD, Ball et al. 2023), and each critic learns the same targets. Independent
+    weights, not heads on one transformer: heads that share the features agree wherever the data goes, so
+    their min is no lower than their mean (README: Learning benchmark, eighth session).
+
+    Features carry a critic dimension: [..., critics, dim], critic c's from its own transformer.
+    """
+
+    def __init__(self, critics: int, *args, **kwargs):
+        super().__init__()
+        self.members = nn.ModuleList(QTransformer(*args, **kwargs) for _ in range(critics))
+        self.action_dims, self.bins = self.members[0].action_dims, self.members[0].bins
+
+    def forward(self, obs: torch.Tensor, prefix_bins: torch.Tensor, every_critic: bool = False) -> torch.Tensor:
+        """The mean Q-values [B, k+1, bins] over the critics; with `every_critic` each one's, [B, k+1, critics, bins]."""
+        q = self.critic_values(self.features(obs, prefix_bins))
+        return q if every_critic else q.mean(-2)
+
+    def features(self, obs: torch.Tensor, prefix_bins: torch.Tensor) -> torch.Tensor:
+        """Every critic's head input, [B, k+1, critics, dim]."""
+        return torch.stack([member.features(obs, prefix_bins) for member in self.members], dim=-2)
+
+    def critic_values(self, features: torch.Tensor) -> torch.Tensor:
+        """Every critic's Q-values [..., critics, bins] from features [..., critics, dim]."""
+        return torch.stack([member.head(features[..., c, :]) for c, member in enumerate(self.members)], dim=-2)
+
     def head(self, features: torch.Tensor) -> torch.Tensor:
-        """Q-values [..., bins] of every bin from features [..., dim], the mean over the critics: what acting
-        and the double-Q choice of a bin rank by."""
-        if self.critics == 1:
-            return self.critic_values(features).squeeze(-2)
+        """The mean over the critics, [..., bins]: what acting and the double-Q choice of a bin rank by."""
         return self.critic_values(features).mean(-2)
 
     def lowest(self, features: torch.Tensor) -> torch.Tensor:
-        """The lowest critic's Q-value [..., bins] of every bin: what a backup takes (clipped double Q)."""
+        """The lowest critic's Q-value of every bin, [..., bins]."""
         return self.critic_values(features).amin(-2)
 
     def head_at(self, features: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-        """lowest(features) at one bin per token, [...], from features [..., dim] and bins [...] (long).
+        """The lowest critic's Q-value at one bin per token, [...], from features [..., critics, dim] and bins [...]."""
+        return torch.stack([member.head_at(features[..., c, :], bins) for c, member in enumerate(self.members)],
+                           dim=-1).amin(-1)
 
-        Costs one dot product per token and critic instead of `bins`: targets need the value of a single
-        chosen bin.
-        """
-        rows = torch.arange(self.critics, device=bins.device) * self.bins + bins.unsqueeze(-1)  # [..., critics]
-        q = (self.advantage.weight[rows] * features.unsqueeze(-2)).sum(-1) + self.advantage.bias[rows]
-        if self.value is not None:  # the mean advantage over bins is linear in the features
-            weight = self.advantage.weight.unflatten(0, (self.critics, self.bins)).mean(1)  # [critics, dim]
-            bias = self.advantage.bias.unflatten(0, (self.critics, self.bins)).mean(1)
-            q = self.value(features) + q - (features @ weight.T + bias)
-        return q.amin(-1)
+
+def q_network(obs_dim: int, action_dims: int, bins: int, critics: int = 1, **kwargs) -> nn.Module:
+    """The network `model.*` describes: one QTransformer, or `Critics` of several."""
+    if critics == 1:
+        return QTransformer(obs_dim, action_dims, bins, **kwargs)
+    return Critics(critics, obs_dim, action_dims, bins, **kwargs)
 
 
 @torch.inference_mode()
-def greedy_bins(model: QTransformer, obs: torch.Tensor) -> torch.Tensor:
+def greedy_bins(model: QTransformer | Critics, obs: torch.Tensor) -> torch.Tensor:
     """Greedy autoregressive decode [B, d]: bin i = argmax of the same head training uses, given bins < i.
 
     Each step feeds one new token through the blocks, attending to the keys and values cached from the
-    tokens before it, so acting costs d single-token passes rather than d growing prefixes.
+    tokens before it, so acting costs d single-token passes rather than d growing prefixes. With `Critics`,
+    every critic decodes the same bins and the argmax is of their mean.
     """
-    x = model.encoder(obs) + model.position[0]
-    caches: list = [None] * len(model.blocks)
+    members = list(model.members) if isinstance(model, Critics) else [model]
+    xs = [member.encoder(obs) + member.position[0] for member in members]
+    caches: list = [[None] * len(member.blocks) for member in members]
     chosen = []
     for i in range(model.action_dims):
-        for j, block in enumerate(model.blocks):
-            x, caches[j] = block.decode_step(x, caches[j])
-        bins = model.head(model.norm(x)).argmax(-1)
+        qs = []
+        for c, member in enumerate(members):
+            x = xs[c]
+            for j, block in enumerate(member.blocks):
+                x, caches[c][j] = block.decode_step(x, caches[c][j])
+            qs.append(member.head(member.norm(x)))
+        bins = (qs[0] if len(qs) == 1 else torch.stack(qs, dim=-2).mean(-2)).argmax(-1)
         chosen.append(bins)
         if i + 1 < model.action_dims:
-            x = model.bin_embedding(bins + i * model.bins) + model.position[i + 1]
+            xs = [member.bin_embedding(bins + i * member.bins) + member.position[i + 1] for member in members]
     return torch.stack(chosen, dim=1)

@@ -19,7 +19,7 @@ from dqt.envs import env_seed, eval_seed, goals_seed, make_task
 from dqt.errors import EXIT_RUN, RunError
 from dqt.learner import Learner
 from dqt.logger import Logger
-from dqt.model import QTransformer, greedy_bins
+from dqt.model import greedy_bins, q_network
 from dqt.replay import EpisodeReplay, sample_mixed
 
 STOPPED_FILE = "STOPPED"
@@ -77,7 +77,7 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
     envs = task.make_vector_env([env_seed(cfg["seed"], rank, i, num_envs) for i in range(num_envs)],
                                 goals_seed(cfg["seed"], rank), noise if noisy else None)
     eval_envs = make_eval_envs(task, cfg["seed"], cfg["eval_episodes"], agents)
-    model = QTransformer(task.obs_dim, task.action_dim, cfg["bins"], **cfg["model"]).to(device)
+    model = q_network(task.obs_dim, task.action_dim, cfg["bins"], **cfg["model"]).to(device)
     ddp = DDP(model, device_ids=[device] if device.type == "cuda" else None)
     faults = aggregation.FaultSpec(tuple(cfg["faults"]["agents"]), cfg["faults"]["kind"], cfg["faults"]["magnitude"],
                                    seed=cfg["seed"])

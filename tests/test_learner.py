@@ -219,25 +219,20 @@ def test_the_learners_average_is_averaged_models_own_to_the_last_bit():
 
 
 def test_two_equal_critics_learn_as_one():
-    # critics=2 with critic 1 a copy of critic 0: the loss (averaged over dimensions and critics), the targets (min of
-    # equal values) and so every gradient of the shared transformer equal the one-critic learner's, each head's
-    # gradient half of it (each critic's TD term weighs 1/2); a learner that mixed up the critics' rows would differ
-    from dqt.model import QTransformer
+    # model.critics=2 with both critics copies of one network: the loss (averaged over dimensions and critics), the
+    # targets (min of equal values) and so every gradient equal half the one-critic learner's per critic (each
+    # critic's TD term weighs 1/2); a learner that mixed up the critics' rows or targets would differ
+    from dqt.model import Critics
 
-    one, batch = _toy_qlearner(excess_weight=0.5, grad_clip=0.0)  # no clipping: the head norms differ
-    torch.manual_seed(0)
-    model = QTransformer(obs_dim=3, action_dims=2, bins=5, dim=16, depth=1, heads=2, critics=2)
-    state = dict(one.module.state_dict())
-    state["advantage.weight"] = state["advantage.weight"].repeat(2, 1)
-    state["advantage.bias"] = state["advantage.bias"].repeat(2)
-    model.load_state_dict(state)
+    one, batch = _toy_qlearner(excess_weight=0.5, grad_clip=0.0)  # no clipping: the norms differ by sqrt 2
+    model = Critics(2, obs_dim=3, action_dims=2, bins=5, dim=16, depth=1, heads=2)
+    for member in model.members:
+        member.load_state_dict(one.module.state_dict())
     two = Learner(model, model, one.cfg, 10)
     batch = {**batch, "demo": torch.tensor([True, False, True, False])}  # conservative and excess terms both act
     metrics = [learner.update(batch) for learner in (one, two)]  # update leaves the gradients in .grad
     for key in ("train/loss", "train/td_loss", "train/conservative_loss", "train/q_data"):
         assert metrics[1][key] == pytest.approx(metrics[0][key], rel=1e-5, abs=1e-7), key
-    for (name, p1), p2 in zip(one.module.named_parameters(), two.module.parameters()):
-        if name.startswith("advantage"):  # each critic's half of the one head's gradient
-            torch.testing.assert_close(p2.grad, torch.cat([p1.grad, p1.grad]) / 2, rtol=0, atol=1e-6, msg=name)
-        else:
-            torch.testing.assert_close(p2.grad, p1.grad, rtol=0, atol=1e-6, msg=name)
+    for member in model.members:
+        for (name, p1), p2 in zip(one.module.named_parameters(), member.parameters()):
+            torch.testing.assert_close(p2.grad, p1.grad / 2, rtol=0, atol=1e-6, msg=name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dqt.model import QTransformer, greedy_bins
+from dqt.model import Critics, QTransformer, greedy_bins, q_network
 
 OBS_DIM, DIMS, BINS = 5, 4, 7
 
@@ -83,31 +83,41 @@ def test_head_at_is_the_head_at_one_bin(dueling):
     assert not torch.equal(model.head_at(features, chosen), model.head_at(features, (chosen + 1) % BINS))
 
 
+
 @pytest.mark.parametrize("dueling", [False, True])
-def test_critics_head_is_their_mean_and_backups_take_their_min(dueling):
-    # two critics on one transformer: acting ranks bins by the mean, lowest and head_at give the min (clipped double Q)
+def test_critics_act_on_their_mean_and_back_up_their_min(dueling):
+    # two independent critics: forward/head give the mean, lowest and head_at the min (clipped double Q), every
+    # critic's values are its own network's, and greedy decoding takes the argmax of the mean
     torch.manual_seed(4)
-    model = QTransformer(obs_dim=OBS_DIM, action_dims=DIMS, bins=BINS, dim=16, depth=1, heads=2, dueling=dueling,
-                         critics=2).eval()
-    gen = torch.Generator().manual_seed(4)
-    obs = torch.randn(8, OBS_DIM, generator=gen)
-    prefix = torch.randint(BINS, (8, DIMS - 1), generator=gen)
-    chosen = torch.randint(BINS, (8, DIMS), generator=gen)
+    critics = Critics(2, obs_dim=OBS_DIM, action_dims=DIMS, bins=BINS, dim=16, depth=2, heads=2, dueling=dueling)
     with torch.no_grad():
-        features = model.features(obs, prefix)
-        weight, bias = model.advantage.weight, model.advantage.bias  # critic c: rows c * BINS ... c * BINS + BINS - 1
-        by_hand = torch.stack([features @ weight[c * BINS:(c + 1) * BINS].T + bias[c * BINS:(c + 1) * BINS]
-                               for c in range(2)], dim=-2)  # [8, DIMS, 2, BINS]
-        if dueling:
-            by_hand = model.value(features).unsqueeze(-1) + by_hand - by_hand.mean(-1, keepdim=True)
-        every = model(obs, prefix, every_critic=True)
-        assert every.shape == (8, DIMS, 2, BINS)
-        torch.testing.assert_close(every, by_hand, rtol=0, atol=1e-5)
-        torch.testing.assert_close(model(obs, prefix), (by_hand[..., 0, :] + by_hand[..., 1, :]) / 2, rtol=0, atol=1e-5)
-        lowest = torch.minimum(by_hand[..., 0, :], by_hand[..., 1, :])
-        torch.testing.assert_close(model.lowest(features), lowest, rtol=0, atol=1e-5)
-        torch.testing.assert_close(model.head_at(features, chosen), lowest.gather(-1, chosen.unsqueeze(-1)).squeeze(-1),
-                                   rtol=0, atol=1e-5)
-        # the critics differ, so the min is not the mean
-        assert (every[..., 0, :] - every[..., 1, :]).abs().min() > 0
-        assert (model.lowest(features) < model.head(features)).all()
+        for member in critics.members:
+            member.advantage.weight.mul_(10.0)
+    critics.eval()
+    gen = torch.Generator().manual_seed(4)
+    obs = torch.randn(16, OBS_DIM, generator=gen)
+    prefix = torch.randint(BINS, (16, DIMS - 1), generator=gen)
+    chosen = torch.randint(BINS, (16, DIMS), generator=gen)
+    with torch.no_grad():
+        own = torch.stack([member(obs, prefix) for member in critics.members], dim=-2)  # [16, DIMS, 2, BINS]
+        assert torch.equal(critics(obs, prefix, every_critic=True), own)
+        assert torch.equal(critics(obs, prefix), own.mean(-2))
+        features = critics.features(obs, prefix)
+        lowest = torch.minimum(own[..., 0, :], own[..., 1, :])
+        assert torch.equal(critics.lowest(features), lowest)
+        torch.testing.assert_close(critics.head_at(features, chosen), lowest.gather(-1, chosen.unsqueeze(-1)).squeeze(-1),
+                                   rtol=0, atol=1e-4)
+        assert (own[..., 0, :] != own[..., 1, :]).all()  # independent weights: the min is not the mean
+        bins = greedy_bins(critics, obs)
+        q = critics(obs, bins[:, :-1])
+    for i in range(DIMS):
+        assert torch.equal(bins[:, i], q[:, i].argmax(-1)), f"dimension {i}"
+    # the mean decides: some state's greedy bins differ from both critics' own
+    alone = [greedy_bins(member, obs) for member in critics.members]
+    assert not torch.equal(bins, alone[0]) and not torch.equal(bins, alone[1])
+
+
+def test_q_network_is_one_transformer_for_one_critic():
+    assert type(q_network(3, 2, 5, critics=1, dim=8, depth=1, heads=2)) is QTransformer
+    two = q_network(3, 2, 5, critics=2, dim=8, depth=1, heads=2)
+    assert isinstance(two, Critics) and len(two.members) == 2

@@ -107,10 +107,10 @@ def _count(text: str) -> int:
 def _default_model_size() -> int:
     """Parameters of the Q-Transformer of conf/config.yaml on MetaWorld (39-d observations, 4 dimensions)."""
     from dqt.bench.common import default_config
-    from dqt.model import QTransformer
+    from dqt.model import q_network
 
     cfg = default_config()
-    return sum(p.numel() for p in QTransformer(39, 4, cfg["bins"], **cfg["model"]).parameters())
+    return sum(p.numel() for p in q_network(39, 4, cfg["bins"], **cfg["model"]).parameters())
 
 
 def main(argv: list[str] | None = None) -> None:

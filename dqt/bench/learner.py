@@ -11,7 +11,7 @@ import torch
 from dqt import algorithm
 from dqt.bench.common import default_config, median_times
 from dqt.learner import Learner
-from dqt.model import QTransformer
+from dqt.model import q_network
 from dqt.replay import EpisodeReplay, sample_mixed
 
 
@@ -35,7 +35,7 @@ def main(argv: list[str]) -> None:
     replay = EpisodeReplay(20_000, obs_dim, dims, bins, cfg["n_step"], cfg["discount"])
     for _ in range(100):
         replay.add_episode(torch.randn(101, obs_dim), torch.randint(bins, (100, dims)), torch.rand(100) * 0.002, False)
-    model = QTransformer(obs_dim, dims, bins, **cfg["model"])
+    model = q_network(obs_dim, dims, bins, **cfg["model"])
     learner = Learner(model, model, cfg, total_updates=10_000)
     generator = torch.Generator().manual_seed(0)
 

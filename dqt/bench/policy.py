@@ -65,7 +65,7 @@ def load_policy(run_dir: Path, step: int | None = None):
     from dqt.algorithm import ValueMap
     from dqt.envs import make_task
     from dqt.errors import ConfigError, RunError
-    from dqt.model import QTransformer
+    from dqt.model import q_network
     from torch.optim.swa_utils import AveragedModel
 
     cfg = run_config(run_dir)
@@ -78,7 +78,7 @@ def load_policy(run_dir: Path, step: int | None = None):
     generation = found[max(found) if step is None else step]
     problem = generations.verify(generation, 0)  # DDP keeps every agent's weights the same: agent 0's will do
     task = make_task(cfg["task"], cfg["action_repeat"], cfg["episode_length"])
-    model = QTransformer(task.obs_dim, task.action_dim, cfg["bins"], **cfg["model"])
+    model = q_network(task.obs_dim, task.action_dim, cfg["bins"], **cfg["model"])
     try:
         if problem:
             raise RunError(problem)

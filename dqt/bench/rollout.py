@@ -24,7 +24,7 @@ import torch
 from dqt.bench.common import default_config
 from dqt.collector import Collector, explore
 from dqt.envs import env_seed, make_task
-from dqt.model import QTransformer, greedy_bins
+from dqt.model import greedy_bins, q_network
 from dqt.replay import EpisodeReplay
 
 
@@ -47,7 +47,7 @@ def main(argv: list[str]) -> None:
     raw_envs.reset()
     bins = cfg["bins"]
     torch.manual_seed(0)  # the untrained policy, and so its trajectories, depend on these weights: fix them
-    model = QTransformer(task.obs_dim, task.action_dim, bins, **cfg["model"])
+    model = q_network(task.obs_dim, task.action_dim, bins, **cfg["model"])
     random_bins = dict(kind="eps", std=0.0, eps=1.0)
     runs = {"random": (_TimedCollector(task, seeds, bins, cfg), random_bins),
             "policy": (_TimedCollector(task, seeds, bins, cfg), cfg["explore"])}
