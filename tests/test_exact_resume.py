@@ -7,6 +7,7 @@ import os
 import signal
 
 import pytest
+import torch
 
 from conftest import newest_checkpoint, run_train, start_train, wait_for_generation
 from dqt import generations
@@ -91,3 +92,17 @@ def test_a_metaworld_run_resumed_from_its_middle_generation_logs_the_same_rows(t
     assert "fresh episodes" not in resumed.stderr, resumed.stderr
     assert [r["env_steps"] for r in uninterrupted if "eval/return" in r] == [40, 80, 100]
     assert without_time(read_metrics(tmp_path)) == uninterrupted
+
+
+def test_a_two_critic_run_checkpoints_and_replays_its_final_evaluation(tmp_path):
+    # model.critics=2 under DDP with 2 agents: both critics train, their weights are checkpointed, and dqt-bench
+    # policy's replay of the final checkpoint (the mean critic's greedy bins) gives the run's final evaluation
+    run = run_train(*DRIFT, "model.critics=2", f"hydra.run.dir={tmp_path}")
+    assert run.returncode == 0, run.stderr[-3000:]
+    saved = newest_checkpoint(tmp_path, 0)["learner"]["model"]
+    assert {k.split(".")[1] for k in saved if k.startswith("members.")} == {"0", "1"}
+    assert not torch.equal(saved["members.0.advantage.weight"], saved["members.1.advantage.weight"])
+    final = [r for r in read_metrics(tmp_path) if "eval/return" in r][-1]
+    report = policy.replay(tmp_path)
+    assert report["step"] == 300
+    assert sum(e["return"] for e in report["episodes"]) / 4 == pytest.approx(final["eval/return"], rel=1e-12)
