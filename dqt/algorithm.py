@@ -62,12 +62,12 @@ class ValueMap:
 def value_map(reward_scale: float | str, discount: float, reward_low: float, reward_high: float) -> ValueMap:
     """The `ValueMap` for the `reward_scale` key.
 
-    A number multiplies rewards (low = 0). `auto` maps the value range [min(r_lo, 0), max(r_hi, 0)] / (1 - gamma)
+    A number multiplies rewards (low = 0). `map` maps the value range [min(r_lo, 0), max(r_hi, 0)] / (1 - gamma)
     onto [0, 1], with [r_lo, r_hi] the per-step reward range: the suite's bound where it has one (MetaWorld:
     [0, 10 * action_repeat], which gives scale (1 - gamma) / r_max, low 0), else the rewards seen before
     learning starts, over all agents. 0 is always in the range so a terminal state maps into [0, 1].
     """
-    if reward_scale != "auto":
+    if reward_scale != "map":
         return ValueMap(float(reward_scale), 0.0)
     low, high = min(reward_low, 0.0) / (1 - discount), max(reward_high, 0.0) / (1 - discount)
     span = high - low if high > low else 1.0 / (1 - discount)  # only zeros seen yet: assume |r| <= 1

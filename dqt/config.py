@@ -87,7 +87,15 @@ def _float_or_auto(*args, **kwargs):
 
 
 def _reward_scale():
-    return (lambda v: v == "auto" or (_is_number(v) and v > 0)), "auto or a number > 0"
+    return (lambda v: v in ("auto", "map") or (_is_number(v) and v > 0)), "auto, map or a number > 0"
+
+
+def _bool_or_auto():
+    return (lambda v: v == "auto" or isinstance(v, bool)), "auto, true or false"
+
+
+def _choice_or_auto(*options: str):
+    return (lambda v: v == "auto" or v in options), "one of auto, " + ", ".join(options)
 
 
 def _str_list():
@@ -135,29 +143,29 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "bins": _int(2, 65536),
     "n_step": _int(1),
     "n_step_cut": _bool(),
-    "n_step_bound": _bool(),
+    "n_step_bound": _bool_or_auto(),
     "discount": _float_or_auto(0, 1, lo_open=True),
     "tau": _float(0, 1, lo_open=True),
     "double_q": _bool(),
-    "mc_lower_bound": _bool(),
+    "mc_lower_bound": _bool_or_auto(),
     "target_clip": _bool(),
     "conservative_weight": _float(0),
     "conservative_rows": _choice("demos", "all"),
-    "excess_weight": _float(0),
+    "excess_weight": _float_or_auto(0),
     "model.dim": _int(1),
     "model.depth": _int(1),
     "model.heads": _int(1),
     "model.dueling": _bool(),
     "model.critics": _int(1),
-    "lr": _float(0, lo_open=True),
+    "lr": _float_or_auto(0, lo_open=True),
     "weight_decay": _float(0),
     "grad_clip": _float(0),
-    "lr_schedule": _choice(*LR_SCHEDULES),
+    "lr_schedule": _choice_or_auto(*LR_SCHEDULES),
     "lr_final": _float(0, 1),
     "lr_scale": _choice(*LR_SCALES),
     "lr_plateau.factor": _float(0, 1, lo_open=True, hi_open=True),
     "lr_plateau.patience": _int(0),
-    "explore.kind": _choice(*EXPLORE_KINDS),
+    "explore.kind": _choice_or_auto(*EXPLORE_KINDS),
     "explore.std": _float(0),
     "explore.eps": _float(0, 1),
     "explore.spread": _float(0),
@@ -217,8 +225,10 @@ def resolve_auto(plain: dict) -> dict:
     """Replace the `auto` values of `plain` (in place, and returned) by what they mean for its task and data."""
     # the task's (a gym: env is built once to read its time limit)
     for key, value in auto_values(plain["task"]).items():
-        if plain[key] == "auto":
-            plain[key] = value
+        *path, name = key.split(".")  # nested keys, e.g. explore.kind
+        node = _lookup(plain, ".".join(path)) if path else plain
+        if node[name] == "auto":
+            node[name] = value
     if plain["updates_per_step"] == "auto":
         # from scratch every transition is scarce: twice the updates reached 0.8 on door-unlock on 3 of 3 seeds
         # where 0.5 did on 1 (README, Learning benchmark); with demos 0.5 already saturates, at half the time
@@ -279,10 +289,12 @@ def validate(cfg: DictConfig, world_size: int | None = None) -> dict:
     if plain["lr_scale"] == "log_n" and n < 2:
         raise ConfigError(f"lr_scale='log_n' is not allowed with num_agents={n}: lr * ln N would be 0; "
                           "log_n needs num_agents >= 2 (use none for one agent)")
+    reward_scale = plain["reward_scale"]
     resolve_auto(plain)  # before the checks that read the resolved values
-    if plain["reward_scale"] == "auto" and plain["discount"] == 1:
-        raise ConfigError("discount=1 is not allowed with reward_scale=auto: the value map divides by 1 - discount; "
-                          "set reward_scale to a number or discount < 1")
+    if plain["reward_scale"] == "map" and plain["discount"] == 1:
+        raise ConfigError(f"discount=1 is not allowed with reward_scale={reward_scale} (the value map, for "
+                          f"{plain['task']}): the value map divides by 1 - discount; set reward_scale to a number "
+                          "or discount < 1")
     if plain["batch_size"] > plain["replay_size"]:
         raise ConfigError(f"batch_size={plain['batch_size']} is not allowed with replay_size={plain['replay_size']}: "
                           "expected batch_size <= replay_size")

@@ -153,7 +153,7 @@ def test_value_bounds_are_the_mapped_range_of_returns_the_rewards_allow():
     # rewards that never cross 0 still allow a terminal state's 0: [0, 4] -> [0.5, 1]
     assert vmap.bounds(0.5, 2.0, 0.5) == (0.5, 1.0)
     # the map `value_map` makes from the same rewards sends them to exactly [0, 1]
-    assert algorithm.value_map("auto", 0.5, -1.0, 2.0).bounds(-1.0, 2.0, 0.5) == (0.0, 1.0)
+    assert algorithm.value_map("map", 0.5, -1.0, 2.0).bounds(-1.0, 2.0, 0.5) == (0.0, 1.0)
     # no bound without discounting, nor before any reward has been seen (the collector's empty range)
     assert vmap.bounds(-1.0, 2.0, 1.0) == (-math.inf, math.inf)
     assert vmap.bounds(math.inf, -math.inf, 0.5) == (-math.inf, math.inf)
@@ -367,7 +367,7 @@ def test_bin_index_round_trip_is_exact(bins):
 
 def test_value_map_auto_metaworld_is_the_old_reward_scale():
     # rewards in [0, 20]: scale (1 - 0.98) / 20 = 0.001, nothing shifted (0.98 is not exact in binary)
-    vmap = algorithm.value_map("auto", 0.98, 0.0, 20.0)
+    vmap = algorithm.value_map("map", 0.98, 0.0, 20.0)
     assert vmap.scale == pytest.approx(0.001, rel=1e-12, abs=0) and vmap.low == 0.0 and vmap.terminal == 0.0
 
 
@@ -376,12 +376,12 @@ def test_value_map_explicit_number_only_multiplies():
 
 
 def test_value_map_with_nothing_but_zeros_seen_assumes_unit_rewards():
-    assert algorithm.value_map("auto", 0.5, 0.0, 0.0) == algorithm.ValueMap(0.5, 0.0)  # span 1 / (1 - 0.5)
+    assert algorithm.value_map("map", 0.5, 0.0, 0.0) == algorithm.ValueMap(0.5, 0.0)  # span 1 / (1 - 0.5)
 
 
 def test_value_map_of_constant_positive_reward_with_terminations():
     # reward 1 every step (InvertedPendulum), gamma 0.5: values in [0, 2], scale 1/2; falling (terminal) is 0
-    vmap = algorithm.value_map("auto", 0.5, 1.0, 1.0)
+    vmap = algorithm.value_map("map", 0.5, 1.0, 1.0)
     assert vmap == algorithm.ValueMap(0.5, 0.0) and vmap.terminal == 0.0
 
 
@@ -389,7 +389,7 @@ def test_negative_rewards_and_termination_map_to_hand_computed_returns():
     # Episode rewards [-2, -4], then a terminal state; gamma 0.5, n = 1. Range [-4, -2] -> values
     # [-4 / 0.5, 0] = [-8, 0]: scale 1/8, low -8. Mapped reward r' = r/8 + 0.5 -> [0.25, 0]; terminal
     # state 0 -> 1. Mapped values: V(s1) = 0 + 0.5 * 1 = 0.5 (= (-4 + 8) / 8), V(s0) = 0.25 + 0.5 * 0.5 = 0.5.
-    vmap = algorithm.value_map("auto", 0.5, -4.0, -2.0)
+    vmap = algorithm.value_map("map", 0.5, -4.0, -2.0)
     assert vmap == algorithm.ValueMap(0.125, -8.0) and vmap.terminal == 1.0
     R, bootstrap, steps, mc = algorithm.nstep_returns(torch.tensor([-2.0, -4.0]), True, n=1, discount=0.5)
     assert R.tolist() == [-2.0, -4.0] and bootstrap.tolist() == [0.5, 0.0] and mc.tolist() == [-4.0, -4.0]

@@ -74,7 +74,7 @@ BAD = [
     # episode_length=auto is resolved from the task before it is checked (Pendulum's time limit: 200)
     (["task=gym:Pendulum-v1", "episode_length=auto", "batch_size=16", "replay_size=50"],
      "replay_size=50 is not allowed with episode_length=200"),
-    (["discount=1", "reward_scale=auto"], "discount=1 is not allowed with reward_scale=auto"),
+    (["discount=1", "reward_scale=map"], "discount=1 is not allowed with reward_scale=map"),
     (["task=mw-door-unlock", "action_repeat=2", "episode_length=300"], "episode_length=300 is not allowed"),
     (["resume=true"], "resume=true is not allowed"),  # nothing to resume: the run directory does not exist
     (["lr_scale=log_n"], "lr_scale='log_n' is not allowed with num_agents=1"),  # lr * ln 1 = 0
@@ -158,7 +158,7 @@ def test_num_agents_must_match_torchrun_world_size():
     (["noise.agents=some"], "noise.agents='some' is not allowed: expected all or a list of distinct ranks"),
     (["noise.agents=[1,1]"], "noise.agents=[1, 1] is not allowed"),
     (["num_agents=2", "noise.agents=[2]"], "noise.agents=[2] is not allowed: expected ranks below num_agents=2"),
-    (["lr_schedule=cosine"], "lr_schedule='cosine' is not allowed: expected one of constant, linear, log, log_linear"),
+    (["lr_schedule=cosine"], "lr_schedule='cosine' is not allowed: expected one of auto, constant, linear, log, log_linear"),
     (["lr_scale=inv"], "lr_scale='inv' is not allowed: expected one of none, inv_n, log_n, sqrt_n"),
     (["num_agents=1", "lr_scale=log_n"], "lr_scale='log_n' is not allowed with num_agents=1"),
     (["lr_plateau.factor=1"], "lr_plateau.factor=1 is not allowed: expected a number > 0, < 1"),
@@ -179,6 +179,52 @@ def test_discount_one_with_auto_reward_scale_is_rejected():
     with pytest.raises(ConfigError) as error:
         validate(_compose("reward_scale=auto", "discount=1"))
     assert "discount=1" in str(error.value)
+
+
+LEARNER_KEYS = ("reward_scale", "mc_lower_bound", "n_step_bound", "lr", "lr_schedule", "excess_weight")
+
+
+def _learner(cfg: dict) -> list:
+    return [cfg[k] for k in LEARNER_KEYS] + [cfg["explore"]["kind"]]
+
+
+def test_learner_auto_values_follow_the_suite_and_numbers_win():
+    metaworld = validate(_compose())
+    assert _learner(metaworld) == ["map", True, False, 1e-3, "linear", 1.0, "eps"]
+    gym = validate(_compose("task=gym:Pendulum-v1", "demos=0", "num_agents=1"))
+    assert _learner(gym) == [1.0, False, True, 3e-4, "constant", 0.0, "gaussian"]
+    # a value given is kept on either suite, `map` included
+    given = ("reward_scale=map", "mc_lower_bound=true", "n_step_bound=false", "lr=0.001", "lr_schedule=linear",
+             "excess_weight=0.5", "explore.kind=eps")
+    kept = validate(_compose("task=gym:Pendulum-v1", "demos=0", "num_agents=1", *given))
+    assert _learner(kept) == ["map", True, False, 1e-3, "linear", 0.5, "eps"]
+    given = ("reward_scale=2", "mc_lower_bound=false", "n_step_bound=true", "lr=0.0003", "lr_schedule=log",
+             "excess_weight=0", "explore.kind=gaussian")
+    kept = validate(_compose(*given))
+    assert _learner(kept) == [2, False, True, 3e-4, "log", 0, "gaussian"]
+
+
+@pytest.mark.parametrize("override, allowed", [
+    ("n_step_bound=often", "auto, true or false"),
+    ("mc_lower_bound=maybe", "auto, true or false"),
+    ("lr_schedule=cosine", "one of auto, constant"),
+    ("lr=0", "auto or a number > 0"),
+    ("excess_weight=-1", "auto or a number >= 0"),
+    ("reward_scale=scaled", "auto, map or a number > 0"),
+    ("explore.kind=boltzmann", "one of auto, gaussian, eps"),
+])
+def test_learner_auto_keys_name_what_they_allow(override, allowed):
+    with pytest.raises(ConfigError) as error:
+        validate(_compose(override))
+    assert allowed in str(error.value)
+
+
+def test_discount_one_is_allowed_with_gym_auto_reward_scale():
+    # gym: auto is raw rewards (scale 1), which need no 1 - discount; `map` still does
+    assert validate(_compose("task=gym:Pendulum-v1", "demos=0", "num_agents=1", "discount=1"))["discount"] == 1
+    with pytest.raises(ConfigError) as error:
+        validate(_compose("task=gym:Pendulum-v1", "demos=0", "num_agents=1", "discount=1", "reward_scale=map"))
+    assert str(error.value).startswith("discount=1 is not allowed with reward_scale=map")
 
 
 def test_updates_per_step_auto_is_half_with_demos_and_one_without():
