@@ -40,7 +40,8 @@ def test_resume_continues_the_run_and_a_run_is_never_overwritten(tmp_path):
 def test_a_run_resumed_before_learning_starts_maps_values_from_all_rewards_seen(tmp_path):
     # the value map of a gym: task is fixed when learning starts (after seed_steps), from the reward range
     # seen so far: a checkpoint before then carries that range, so the resumed run gets the whole run's map
-    noisy = (*TOY, "threads=1", "noise.std=3.0", "seed_steps=100", "eval_every=200", "log_every=200")
+    noisy = (*TOY, "threads=1", "noise.std=3.0", "seed_steps=100", "eval_every=200", "log_every=200",
+             "reward_scale=map")  # the value map (MetaWorld's auto; gym: tasks learn on raw rewards by default)
     whole = run_train(*noisy, "train_steps=200", f"hydra.run.dir={tmp_path / 'whole'}")
     assert whole.returncode == 0, whole.stderr[-3000:]
     first = run_train(*noisy, "train_steps=100", f"hydra.run.dir={tmp_path / 'split'}")
@@ -119,7 +120,7 @@ def test_noisy_rewards_are_logged_and_plateau_follows_the_eval_returns(tmp_path)
     # threads=1: with two threads a tiny model's updates slow down fivefold when the cores are busy
     result = run_train(*TOY, "threads=1", "train_steps=400", "eval_every=50", "log_every=50", "noise.std=3.0",
                        "noise.mean=0.5", "lr_schedule=plateau", "lr_plateau.patience=0", "lr_plateau.factor=0.5",
-                       "lr_final=0.1", f"hydra.run.dir={tmp_path}")
+                       "lr_final=0.1", "lr=0.001", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if "train/reward_mean" in r]
