@@ -156,7 +156,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.depth": _int(1),
     "model.heads": _int(1),
     "model.dueling": _bool(),
-    "model.critics": _int(1),
+    "model.critics": _int_or_auto(1),
     "lr": _float_or_auto(0, lo_open=True),
     "weight_decay": _float(0),
     "grad_clip": _float(0),

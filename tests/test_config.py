@@ -185,23 +185,23 @@ LEARNER_KEYS = ("reward_scale", "mc_lower_bound", "n_step_bound", "lr", "lr_sche
 
 
 def _learner(cfg: dict) -> list:
-    return [cfg[k] for k in LEARNER_KEYS] + [cfg["explore"]["kind"]]
+    return [cfg[k] for k in LEARNER_KEYS] + [cfg["explore"]["kind"], cfg["model"]["critics"]]
 
 
 def test_learner_auto_values_follow_the_suite_and_numbers_win():
     metaworld = validate(_compose())
-    assert _learner(metaworld) == ["map", True, False, 1e-3, "linear", 1.0, "eps"]
+    assert _learner(metaworld) == ["map", True, False, 1e-3, "linear", 1.0, "eps", 1]
     gym = validate(_compose("task=gym:Pendulum-v1", "demos=0", "num_agents=1"))
-    assert _learner(gym) == [1.0, False, True, 3e-4, "constant", 0.0, "gaussian"]
+    assert _learner(gym) == [1.0, False, True, 3e-4, "constant", 0.0, "gaussian", 2]
     # a value given is kept on either suite, `map` included
     given = ("reward_scale=map", "mc_lower_bound=true", "n_step_bound=false", "lr=0.001", "lr_schedule=linear",
-             "excess_weight=0.5", "explore.kind=eps")
+             "excess_weight=0.5", "explore.kind=eps", "model.critics=1")
     kept = validate(_compose("task=gym:Pendulum-v1", "demos=0", "num_agents=1", *given))
-    assert _learner(kept) == ["map", True, False, 1e-3, "linear", 0.5, "eps"]
+    assert _learner(kept) == ["map", True, False, 1e-3, "linear", 0.5, "eps", 1]
     given = ("reward_scale=2", "mc_lower_bound=false", "n_step_bound=true", "lr=0.0003", "lr_schedule=log",
-             "excess_weight=0", "explore.kind=gaussian")
+             "excess_weight=0", "explore.kind=gaussian", "model.critics=3")
     kept = validate(_compose(*given))
-    assert _learner(kept) == [2, False, True, 3e-4, "log", 0, "gaussian"]
+    assert _learner(kept) == [2, False, True, 3e-4, "log", 0, "gaussian", 3]
 
 
 @pytest.mark.parametrize("override, allowed", [
@@ -212,6 +212,7 @@ def test_learner_auto_values_follow_the_suite_and_numbers_win():
     ("excess_weight=-1", "auto or a number >= 0"),
     ("reward_scale=scaled", "auto, map or a number > 0"),
     ("explore.kind=boltzmann", "one of auto, gaussian, eps"),
+    ("model.critics=0", "auto or an integer >= 1"),
 ])
 def test_learner_auto_keys_name_what_they_allow(override, allowed):
     with pytest.raises(ConfigError) as error:
