@@ -236,3 +236,54 @@ def test_two_equal_critics_learn_as_one():
     for member in model.members:
         for (name, p1), p2 in zip(one.module.named_parameters(), member.parameters()):
             torch.testing.assert_close(p2.grad, p1.grad / 2, rtol=0, atol=1e-6, msg=name)
+
+
+def test_two_critics_back_up_the_lowest_value_at_the_bin_their_mean_picks():
+    # distinct critics: every target is min over the target critics at the online mean's argmax (clipped double Q),
+    # through each path of targets(): the next dimension, the bootstrap state from a batch row (successor) and from
+    # next_obs, and the 1-step backup of n_step_bound; and every critic gets its own gradient
+    from dqt.model import Critics
+
+    _, batch = _toy_qlearner()
+    torch.manual_seed(3)
+    model = Critics(2, obs_dim=3, action_dims=2, bins=5, dim=16, depth=1, heads=2)
+    with torch.no_grad():
+        for member in model.members:
+            member.advantage.weight.mul_(10.0)  # spread the bins so a wrong choice shows
+    cfg = {**_toy_qlearner()[0].cfg, "mc_lower_bound": False, "n_step_bound": True, "grad_clip": 0.0}
+    learner = Learner(model, model, cfg, 10)
+    with torch.no_grad():  # the target critics differ from the online ones, so a mix-up of the two shows too
+        for p in learner.target.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    gen = torch.Generator().manual_seed(2)
+    batch = {**batch, "successor": torch.tensor([2, -1, 0, -1]), "next1_obs": torch.randn(4, 3, generator=gen),
+             "reward": torch.tensor([0.5, -1.0, 2.0, 0.0]), "terminal1": torch.tensor([False, False, True, False])}
+    obs, bins = batch["obs"], batch["bins"]
+    with torch.no_grad():
+        online = model(obs, bins[:, :-1])  # the mean of the online critics, [4, 2, 5]
+        y = learner.targets(batch, online)
+
+        def lowest_at(inputs, prefix, choose_from):  # min over target critics at the bins the online mean picks
+            own = torch.stack([m(inputs, prefix) for m in learner.target.members], dim=-2)  # [B, k+1, 2, bins]
+            picked = choose_from.argmax(-1)
+            return own.gather(-1, picked[..., None, None].expand(*picked.shape, 2, 1)).squeeze(-1).amin(-1)
+
+        next_dimension = lowest_at(obs, bins[:, :-1], online)[:, 1]
+        next_obs = torch.where((batch["successor"] >= 0)[:, None], obs[batch["successor"].clamp(min=0)], batch["next_obs"])
+        none = bins[:, :0]
+        next_state = lowest_at(next_obs, none, model(next_obs, none))[:, 0]
+        next1 = lowest_at(batch["next1_obs"], none, model(batch["next1_obs"], none))[:, 0]
+        nstep = batch["nstep_return"] + batch["bootstrap_discount"] * next_state
+        one_step = batch["reward"] + torch.where(batch["terminal1"], 0.0, 0.5) * next1
+        expected = torch.stack([next_dimension, torch.maximum(nstep, one_step)], dim=1)
+    torch.testing.assert_close(y, expected, rtol=0, atol=1e-5)
+    # a mean or a max over the critics, or the first critic alone, gives other targets
+    assert (expected[:, 0] - torch.stack([m(obs, bins[:, :-1])[:, 1] for m in learner.target.members]).mean(0)
+            .gather(-1, online[:, 1].argmax(-1, keepdim=True)).squeeze(-1)).abs().min() > 1e-3
+    seen = []  # update() hands targets() the online critics' mean
+    targets = learner.targets
+    learner.targets = lambda batch, online_q: seen.append(online_q) or targets(batch, online_q)
+    learner.update(batch)
+    torch.testing.assert_close(seen[0], online, rtol=0, atol=1e-6)
+    for member in model.members:
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in member.parameters())

@@ -24,8 +24,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--bins", type=int, default=cfg["bins"], help="bins per action dimension (the figures in the README: 256)")
     parser.add_argument("--double-q", choices=("true", "false"), default=str(cfg["double_q"]).lower(),
                         help="double-Q targets (costs one more 1-token forward of the online net)")
+    parser.add_argument("--critics", type=int, default=1, help="model.critics: independent networks, the lowest backs up")
     args = parser.parse_args(argv)
     cfg["bins"] = args.bins
+    cfg["model"]["critics"] = args.critics
     cfg["double_q"] = args.double_q == "true"
     cfg["num_agents"] = 1  # one learner, no process group (the config's null means "decided at launch")
     torch.set_num_threads(args.threads)
@@ -57,7 +59,7 @@ def main(argv: list[str]) -> None:
     fb, up, draw = median_times([forward_backward, update, sample], args.repeats)
     params = sum(p.numel() for p in model.parameters())
     print(f"model: {params:,} parameters (dim={cfg['model']['dim']}, depth={cfg['model']['depth']}, bins={bins}), "
-          f"batch {args.batch_size}, {args.threads} thread(s), double_q={args.double_q}")
+          f"batch {args.batch_size}, {args.threads} thread(s), double_q={args.double_q}, critics={args.critics}")
     print(f"forward+backward (online net)   {fb * 1e3:8.2f} ms")
     print(f"full update step                {up * 1e3:8.2f} ms   ({1 / up:.1f} updates/s)")
     print(f"ratio update / forward+backward {up / fb:8.2f}   (target <= 1.5)")
