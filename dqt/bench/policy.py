@@ -44,8 +44,13 @@ def main(argv: list[str]) -> None:
     print(format_report(report, args.top))
 
 
+# Keys whose default changed after they were added: a saved config without one ran with its value then.
+FORMER_VALUES = {"model.critics": 1, "n_step_bound": False}
+
+
 def run_config(run_dir: Path) -> dict:
-    """The run's config, validated, with keys added to dqt since the run at their defaults (conf/config.yaml)."""
+    """The run's config, validated, with keys added to dqt since the run at the values it ran with: `FORMER_VALUES`,
+    else their defaults (conf/config.yaml)."""
     from omegaconf import OmegaConf
 
     from dqt.bench.common import config_defaults
@@ -55,7 +60,11 @@ def run_config(run_dir: Path) -> dict:
     saved = run_dir / ".hydra" / "config.yaml"
     if not saved.exists():
         raise ConfigError(f"run_dir={run_dir} is not allowed: no .hydra/config.yaml there (expected a dqt run directory)")
-    return validate(OmegaConf.merge(config_defaults(), OmegaConf.load(saved)))
+    config = OmegaConf.load(saved)
+    for key, value in FORMER_VALUES.items():
+        if OmegaConf.select(config, key) is None:
+            OmegaConf.update(config, key, value, force_add=True)
+    return validate(OmegaConf.merge(config_defaults(), config))
 
 
 def load_policy(run_dir: Path, step: int | None = None):

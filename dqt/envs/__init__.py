@@ -98,7 +98,7 @@ class Task:
 # map squeezes the differences between actions below what the network resolves (Reacher), a return-to-go is no
 # lower bound (rewards < 0, time limits), an old behaviour's n-step sum (n = 2 already) drags Reacher's values to
 # "keep still" while InvertedPendulum needs its faster propagation: the n-step return is kept as a lower bound on
-# the 1-step backup only (`n_step_bound`); noise on the greedy action explores without throwing the pole
+# the 1-step backup only (`n_step_bound`); noise on the greedy action explores without throwing the pole.
 # Raw rewards let values of 100-300 climb past any return (Hopper), so backups take the lower of two critics
 # (README: Learning benchmark, seventh and eighth sessions).
 METAWORLD_AUTO = {"action_repeat": 2, "episode_length": 100, "num_envs": 32, "eval_episodes": 50, "discount": 0.98,
