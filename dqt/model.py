@@ -136,10 +136,6 @@ class Critics(nn.Module):
         """Every critic's Q-values [..., critics, bins] from features [..., critics, dim]."""
         return torch.stack([member.head(features[..., c, :]) for c, member in enumerate(self.members)], dim=-2)
 
-    def head(self, features: torch.Tensor) -> torch.Tensor:
-        """The mean over the critics, [..., bins]: what acting and the double-Q choice of a bin rank by."""
-        return self.critic_values(features).mean(-2)
-
     def lowest(self, features: torch.Tensor) -> torch.Tensor:
         """The lowest critic's Q-value of every bin, [..., bins]."""
         return self.critic_values(features).amin(-2)
