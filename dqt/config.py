@@ -148,7 +148,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "tau": _float(0, 1, lo_open=True),
     "double_q": _bool(),
     "mc_lower_bound": _bool_or_auto(),
-    "target_clip": _bool(),
+    "target_clip": _bool_or_auto(),
     "conservative_weight": _float(0),
     "conservative_rows": _choice("demos", "all"),
     "excess_weight": _float_or_auto(0),

@@ -104,6 +104,10 @@ class Learner:
         obs, bins = batch["obs"], batch["bins"]
         q = self.online(obs, bins[:, :-1], every_critic=True)  # [B, d, critics, bins]
         y = self.targets(batch, q.detach().mean(-2))
+        clipped = 0.0  # share of targets at target_clip's bounds: how often the bound acts, not just that it exists
+        if self.cfg["target_clip"]:
+            low, high = self.value_map.bounds(*self.reward_range, self.cfg["discount"])
+            clipped = ((y <= low) | (y >= high)).float().mean().item()
         # the conservative term keeps Q inside the support of a fixed dataset (the paper's offline setting):
         # by default the demonstrations; on the agents' own data it would pull values towards 0 as they improve
         rows = None if self.cfg["conservative_rows"] == "all" else batch["demo"]
@@ -129,7 +133,7 @@ class Learner:
             self.skipped_steps += 1
         self.updates += 1
         return {"train/loss": total.detach().item(), "train/td_loss": td.item(), "train/conservative_loss": conservative.item(),
-                "train/q_data": q_data.item(), "train/grad_norm": grad_norm}
+                "train/q_data": q_data.item(), "train/grad_norm": grad_norm, "train/target_clipped": clipped}
 
     @torch.no_grad()
     def _update_average(self) -> None:

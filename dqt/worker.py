@@ -23,7 +23,8 @@ from dqt.model import greedy_bins, q_network
 from dqt.replay import EpisodeReplay, sample_mixed
 
 STOPPED_FILE = "STOPPED"
-TRAIN_KEYS = ("train/loss", "train/td_loss", "train/conservative_loss", "train/q_data", "train/grad_norm")
+TRAIN_KEYS = ("train/loss", "train/td_loss", "train/conservative_loss", "train/q_data", "train/grad_norm",
+              "train/target_clipped")
 
 
 def run(cfg: dict, run_dir: str) -> None:
@@ -150,7 +151,8 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
     # the training metrics of the current log window: a checkpoint between two rows carries them over
     sums, last_success = torch.zeros(len(TRAIN_KEYS) + 1, dtype=torch.float64), float("nan")
     if state is not None and "accumulators" in state:
-        sums, last_success = state["accumulators"]["sums"].clone(), state["accumulators"]["last_success"]
+        saved, last_success = state["accumulators"]["sums"], state["accumulators"]["last_success"]
+        sums[:len(saved) - 1], sums[-1] = saved[:-1], saved[-1]  # a checkpoint from before a key was added: 0 for it
     started = time.perf_counter() - counters["time_s"]
 
     while counters["env_steps"] < cfg["train_steps"]:

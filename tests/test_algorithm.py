@@ -452,6 +452,10 @@ def test_learner_clips_targets_to_the_rewards_seen_only_with_target_clip():
     unclipped = plain.targets(batch, q)
     assert unclipped.max() > 1.0 and unclipped.min() < 0.5  # the test would show nothing otherwise
     assert torch.equal(clipped.targets(batch, q), unclipped.clamp(0.5, 1.0))
+    # train/target_clipped: the share of targets the clip moved (0 without the clip)
+    outside = ((unclipped < 0.5) | (unclipped > 1.0)).float().mean().item()
+    assert 0 < outside < 1 and clipped.update(batch)["train/target_clipped"] == outside
+    assert plain.update(batch)["train/target_clipped"] == 0.0
 
 
 def test_unmap_undoes_the_value_map():

@@ -181,7 +181,7 @@ def test_discount_one_with_auto_reward_scale_is_rejected():
     assert "discount=1" in str(error.value)
 
 
-LEARNER_KEYS = ("reward_scale", "mc_lower_bound", "n_step_bound", "lr", "lr_schedule", "excess_weight")
+LEARNER_KEYS = ("reward_scale", "mc_lower_bound", "n_step_bound", "lr", "lr_schedule", "excess_weight", "target_clip")
 
 
 def _learner(cfg: dict) -> list:
@@ -190,23 +190,24 @@ def _learner(cfg: dict) -> list:
 
 def test_learner_auto_values_follow_the_suite_and_numbers_win():
     metaworld = validate(_compose())
-    assert _learner(metaworld) == ["map", True, False, 1e-3, "linear", 1.0, "eps", 1]
+    assert _learner(metaworld) == ["map", True, False, 1e-3, "linear", 1.0, False, "eps", 1]
     gym = validate(_compose("task=gym:Pendulum-v1", "demos=0", "num_agents=1"))
-    assert _learner(gym) == [1.0, False, True, 3e-4, "constant", 0.0, "gaussian", 2]
+    assert _learner(gym) == [1.0, False, True, 3e-4, "constant", 0.0, True, "gaussian", 2]
     # a value given is kept on either suite, `map` included
     given = ("reward_scale=map", "mc_lower_bound=true", "n_step_bound=false", "lr=0.001", "lr_schedule=linear",
-             "excess_weight=0.5", "explore.kind=eps", "model.critics=1")
+             "excess_weight=0.5", "explore.kind=eps", "model.critics=1", "target_clip=false")
     kept = validate(_compose("task=gym:Pendulum-v1", "demos=0", "num_agents=1", *given))
-    assert _learner(kept) == ["map", True, False, 1e-3, "linear", 0.5, "eps", 1]
+    assert _learner(kept) == ["map", True, False, 1e-3, "linear", 0.5, False, "eps", 1]
     given = ("reward_scale=2", "mc_lower_bound=false", "n_step_bound=true", "lr=0.0003", "lr_schedule=log",
-             "excess_weight=0", "explore.kind=gaussian", "model.critics=3")
+             "excess_weight=0", "explore.kind=gaussian", "model.critics=3", "target_clip=true")
     kept = validate(_compose(*given))
-    assert _learner(kept) == [2, False, True, 3e-4, "log", 0, "gaussian", 3]
+    assert _learner(kept) == [2, False, True, 3e-4, "log", 0, True, "gaussian", 3]
 
 
 @pytest.mark.parametrize("override, allowed", [
     ("n_step_bound=often", "auto, true or false"),
     ("mc_lower_bound=maybe", "auto, true or false"),
+    ("target_clip=sometimes", "auto, true or false"),
     ("lr_schedule=cosine", "one of auto, constant"),
     ("lr=0", "auto or a number > 0"),
     ("excess_weight=-1", "auto or a number >= 0"),

@@ -29,13 +29,14 @@ def test_a_run_without_checkpoints_is_refused(tmp_path, capsys):
 
 
 def test_a_run_saved_before_a_key_existed_gets_the_value_it_ran_with(tmp_path):
-    # a gym: run from before model.critics and n_step_bound ran one network without the bound, whatever auto is now
+    # a gym: run from before model.critics, n_step_bound and target_clip ran one network without the bound or the
+    # clip, whatever auto is now
     (tmp_path / ".hydra").mkdir()
     (tmp_path / ".hydra" / "config.yaml").write_text("task: gym:Pendulum-v1\nnum_agents: 1\ndemos: 0\n"
                                                       "model:\n  dim: 32\n")
     cfg = policy.run_config(tmp_path)
-    assert (cfg["model"]["critics"], cfg["n_step_bound"], cfg["model"]["dim"]) == (1, False, 32)
+    assert (cfg["model"]["critics"], cfg["n_step_bound"], cfg["target_clip"], cfg["model"]["dim"]) == (1, False, False, 32)
     (tmp_path / ".hydra" / "config.yaml").write_text("task: gym:Pendulum-v1\nnum_agents: 1\ndemos: 0\n"
-                                                      "n_step_bound: auto\nmodel:\n  critics: auto\n")
+                                                      "n_step_bound: auto\ntarget_clip: auto\nmodel:\n  critics: auto\n")
     cfg = policy.run_config(tmp_path)
-    assert (cfg["model"]["critics"], cfg["n_step_bound"]) == (2, True)  # saved keys are kept
+    assert (cfg["model"]["critics"], cfg["n_step_bound"], cfg["target_clip"]) == (2, True, True)  # saved keys are kept

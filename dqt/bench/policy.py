@@ -45,7 +45,7 @@ def main(argv: list[str]) -> None:
 
 
 # Keys whose default changed after they were added: a saved config without one ran with its value then.
-FORMER_VALUES = {"model.critics": 1, "n_step_bound": False}
+FORMER_VALUES = {"model.critics": 1, "n_step_bound": False, "target_clip": False}
 
 
 def run_config(run_dir: Path) -> dict:
