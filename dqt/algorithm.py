@@ -146,7 +146,6 @@ def greedy_values(head, features: torch.Tensor, online_q: torch.Tensor | None = 
 
 def targets(next_dimension_value: torch.Tensor, next_state_value: torch.Tensor, nstep_return: torch.Tensor,
             bootstrap_discount: torch.Tensor, mc_return: torch.Tensor, mc_lower_bound: bool,
-            value_bounds: tuple[float, float] | None = None,
             one_step: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Bellman targets [B, d] (Sec. 4.1, Eq. 1; Sec. 4.2; Sec. 4.3), from `greedy_values` of the target net.
 
@@ -155,7 +154,7 @@ def targets(next_dimension_value: torch.Tensor, next_state_value: torch.Tensor, 
       i < d:  y_i = max_b Q_{i+1}(s_t, a_{1:i}, b)                     (maximise over the next dimension)
       i = d:  y_d = R_t^{(m)} + gamma^m (1 - done) max_b Q_1(s_{t+m}, b)  (n-step backup across time steps)
       MC:     y_i = max(y_i, G_t)                                          (Monte-Carlo lower bound)
-      clip:   y_i = clamp(y_i, *value_bounds)                  (values the rewards allow, `ValueMap.bounds`)
+      clip:   y_i = clamp(y_i, *value_bounds)      (`clip_targets`: values the rewards allow, `ValueMap.bounds`)
     With `one_step` = (r_t, gamma (0 at a terminal s_{t+1}), max_b Q_1(s_{t+1}, b)) the n-step backup is only a
     lower bound on the 1-step one (`n_step_bound`; optimality tightening, He et al. 2017):
       i = d:  y_d = max(r_t + gamma max_b Q_1(s_{t+1}, b), R_t^{(m)} + gamma^m max_b Q_1(s_{t+m}, b))
@@ -173,9 +172,13 @@ def targets(next_dimension_value: torch.Tensor, next_state_value: torch.Tensor, 
     y = torch.cat([next_dimension_value, across_step.unsqueeze(1)], dim=1)
     if mc_lower_bound:
         y = torch.maximum(y, mc_return.unsqueeze(1))
-    if value_bounds is not None:
-        y = y.clamp(*value_bounds)
     return y
+
+
+def clip_targets(y: torch.Tensor, value_bounds: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`targets` clamped to `value_bounds` (`ValueMap.bounds`), and the share of them the clamp moved."""
+    low, high = value_bounds
+    return y.clamp(low, high), ((y < low) | (y > high)).float().mean()
 
 
 def loss(q: torch.Tensor, data_bins: torch.Tensor, y: torch.Tensor, conservative_weight: float,

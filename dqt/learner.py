@@ -86,6 +86,7 @@ class Learner:
         self.value_map = algorithm.ValueMap(1.0, 0.0)  # set by the worker when learning starts
         # the per-step reward range seen so far (the worker keeps it current): target_clip's bounds, none until set
         self.reward_range: tuple[float, float] = (math.inf, -math.inf)
+        self.target_clipped = 0.0  # share of the last targets the clip moved: how often the bound acts, not only that it exists
         self.updates = 0
         self.skipped_steps = 0
         self._online_params = [p for p in module.parameters()]
@@ -104,10 +105,6 @@ class Learner:
         obs, bins = batch["obs"], batch["bins"]
         q = self.online(obs, bins[:, :-1], every_critic=True)  # [B, d, critics, bins]
         y = self.targets(batch, q.detach().mean(-2))
-        clipped = 0.0  # share of targets at target_clip's bounds: how often the bound acts, not just that it exists
-        if self.cfg["target_clip"]:
-            low, high = self.value_map.bounds(*self.reward_range, self.cfg["discount"])
-            clipped = ((y <= low) | (y >= high)).float().mean().item()
         # the conservative term keeps Q inside the support of a fixed dataset (the paper's offline setting):
         # by default the demonstrations; on the agents' own data it would pull values towards 0 as they improve
         rows = None if self.cfg["conservative_rows"] == "all" else batch["demo"]
@@ -133,7 +130,8 @@ class Learner:
             self.skipped_steps += 1
         self.updates += 1
         return {"train/loss": total.detach().item(), "train/td_loss": td.item(), "train/conservative_loss": conservative.item(),
-                "train/q_data": q_data.item(), "train/grad_norm": grad_norm, "train/target_clipped": clipped}
+                "train/q_data": q_data.item(), "train/grad_norm": grad_norm,
+                "train/target_clipped": self.target_clipped}
 
     @torch.no_grad()
     def _update_average(self) -> None:
@@ -188,7 +186,6 @@ class Learner:
         discount, bootstrap = self.cfg["discount"], batch["bootstrap_discount"]
         nstep_return = self.value_map.returns(batch["nstep_return"], batch["steps"], bootstrap == 0, discount)
         mc_return = self.value_map.returns(batch["mc_return"], batch["to_end"], batch["terminated"], discount)
-        bounds = self.value_map.bounds(*self.reward_range, discount) if self.cfg["target_clip"] else None
         one_step = None
         if self.cfg["n_step_bound"]:  # the 1-step backup at s_{t+1}: one more first-token forward of each net
             next1_obs, no_prefix = batch["next1_obs"], prefix[:, :0]
@@ -197,8 +194,12 @@ class Learner:
             terminal1 = batch["terminal1"]
             one_step = (self.value_map.returns(batch["reward"], torch.ones_like(batch["steps"]), terminal1, discount),
                         torch.where(terminal1, 0.0, discount), next1)
-        return algorithm.targets(within_step, across_step, nstep_return, bootstrap, mc_return,
-                                 self.cfg["mc_lower_bound"], bounds, one_step)
+        y = algorithm.targets(within_step, across_step, nstep_return, bootstrap, mc_return,
+                              self.cfg["mc_lower_bound"], one_step)
+        if self.cfg["target_clip"]:
+            y, clipped = algorithm.clip_targets(y, self.value_map.bounds(*self.reward_range, discount))
+            self.target_clipped = clipped.item()
+        return y
 
     def state_dict(self) -> dict:
         """Model, target, weight average, optimiser, scheduler and counters."""

@@ -105,12 +105,11 @@ class _QAsFeatures:
         return features.gather(-1, bins.unsqueeze(-1)).squeeze(-1)
 
 
-def _targets(target_q, target_q_next_first, nstep, bootstrap, mc, mc_lower_bound, online_q=None, online_next=None,
-             value_bounds=None):
+def _targets(target_q, target_q_next_first, nstep, bootstrap, mc, mc_lower_bound, online_q=None, online_next=None):
     head = _QAsFeatures()
     return algorithm.targets(algorithm.greedy_values(head, target_q[:, 1:], None if online_q is None else online_q[:, 1:]),
                              algorithm.greedy_values(head, target_q_next_first, online_next),
-                             nstep, bootstrap, mc, mc_lower_bound, value_bounds)
+                             nstep, bootstrap, mc, mc_lower_bound)
 
 
 def test_targets_without_mc_bound():
@@ -140,9 +139,11 @@ def test_n_step_bound_takes_the_larger_of_the_one_step_and_n_step_backups():
 
 def test_targets_are_clipped_to_the_value_bounds():
     # unclipped (test_targets_with_mc_bound): [[0.9375, 0.9375], [0.8125, 0.5]]; bounds [0.625, 0.875]
-    y = _targets(TARGET_Q, TARGET_Q_NEXT_FIRST, NSTEP_RETURN, BOOTSTRAP, MC_RETURN, mc_lower_bound=True,
-                 value_bounds=(0.625, 0.875))
-    assert torch.equal(y, torch.tensor([[0.875, 0.875], [0.8125, 0.625]]))
+    y = _targets(TARGET_Q, TARGET_Q_NEXT_FIRST, NSTEP_RETURN, BOOTSTRAP, MC_RETURN, mc_lower_bound=True)
+    clipped, share = algorithm.clip_targets(y, (0.625, 0.875))
+    assert torch.equal(clipped, torch.tensor([[0.875, 0.875], [0.8125, 0.625]]))
+    assert share.item() == 0.75  # three of the four moved; a target on a bound is not counted
+    assert algorithm.clip_targets(clipped, (0.625, 0.875))[1].item() == 0.0
 
 
 def test_value_bounds_are_the_mapped_range_of_returns_the_rewards_allow():
