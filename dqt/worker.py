@@ -27,6 +27,15 @@ TRAIN_KEYS = ("train/loss", "train/td_loss", "train/conservative_loss", "train/q
               "train/target_clipped")
 
 
+def window_sums(saved: torch.Tensor | None) -> torch.Tensor:
+    """The log window's sums of TRAIN_KEYS and its update count (last); from a checkpoint's `saved` sums if given.
+    A checkpoint written before a key was added to TRAIN_KEYS has none for it: 0 (the count stays last)."""
+    sums = torch.zeros(len(TRAIN_KEYS) + 1, dtype=torch.float64)
+    if saved is not None:
+        sums[:len(saved) - 1], sums[-1] = saved[:-1], saved[-1]
+    return sums
+
+
 def run(cfg: dict, run_dir: str) -> None:
     """Entry point of every agent process (torchrun, the elastic launcher, or in-process for one agent).
 
@@ -149,10 +158,9 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
     logger = Logger(run_dir, cfg, ctx.is_main, cfg["train_steps"], counters["env_steps"])
     window = {"start": time.perf_counter(), "steps": counters["env_steps"], "updates": learner.updates}
     # the training metrics of the current log window: a checkpoint between two rows carries them over
-    sums, last_success = torch.zeros(len(TRAIN_KEYS) + 1, dtype=torch.float64), float("nan")
+    sums, last_success = window_sums(None), float("nan")
     if state is not None and "accumulators" in state:
-        saved, last_success = state["accumulators"]["sums"], state["accumulators"]["last_success"]
-        sums[:len(saved) - 1], sums[-1] = saved[:-1], saved[-1]  # a checkpoint from before a key was added: 0 for it
+        sums, last_success = window_sums(state["accumulators"]["sums"]), state["accumulators"]["last_success"]
     started = time.perf_counter() - counters["time_s"]
 
     while counters["env_steps"] < cfg["train_steps"]:

@@ -53,3 +53,15 @@ def test_train_row_pools_rewards_episodes_and_reported_success_over_agents(tmp_p
     assert row["train/success_rate"] == pytest.approx(0.5)
     assert row["agent0/success_rate"] == pytest.approx(0.5) and "agent1/success_rate" not in row
     assert row["agent1/episode_return"] == pytest.approx(5.0)
+
+
+def test_window_sums_from_a_checkpoint_written_before_a_train_key_was_added():
+    import torch
+
+    from dqt.worker import TRAIN_KEYS, window_sums
+
+    assert torch.equal(window_sums(None), torch.zeros(len(TRAIN_KEYS) + 1, dtype=torch.float64))
+    current = torch.arange(1.0, len(TRAIN_KEYS) + 2, dtype=torch.float64)
+    assert torch.equal(window_sums(current), current)
+    older = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 7.0], dtype=torch.float64)  # five keys and a count of 7 updates
+    assert window_sums(older).tolist() == [1.0, 2.0, 3.0, 4.0, 5.0] + [0.0] * (len(TRAIN_KEYS) - 5) + [7.0]
