@@ -93,10 +93,14 @@ def test_every_benchmark_runs_as_a_module(module):
     assert result.returncode == 0 and result.stdout.startswith("usage: dqt-bench "), result.stderr
 
 
-def test_learner_benchmark_times_a_real_update():
+@pytest.mark.parametrize("learner", [[], ["--critics", "2", "--n-step-bound", "true", "--target-clip", "true",
+                                               "--excess-weight", "0"]],
+                         ids=["metaworld", "gym"])
+def test_learner_benchmark_times_a_real_update(learner):
     # it once timed nothing: the worker's batches gained a `demo` column that its own batch lacked, and
-    # Learner.update raised KeyError; --help alone (above) did not show it
-    result = subprocess.run([sys.executable, "-m", "dqt.bench.learner", "--repeats", "2", "--batch-size", "16"],
+    # Learner.update raised KeyError; --help alone (above) did not show it. The gym: learner's batches carry more.
+    result = subprocess.run([sys.executable, "-m", "dqt.bench.learner", "--repeats", "2", "--batch-size", "16", *learner],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "ratio update / forward+backward" in result.stdout
+    assert ("critics=2, n_step_bound=true, target_clip=true, excess_weight=0" in result.stdout) == bool(learner)

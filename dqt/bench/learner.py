@@ -25,20 +25,29 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--double-q", choices=("true", "false"), default=str(cfg["double_q"]).lower(),
                         help="double-Q targets (costs one more 1-token forward of the online net)")
     parser.add_argument("--critics", type=int, default=1, help="model.critics: independent networks, the lowest backs up")
+    parser.add_argument("--n-step-bound", choices=("true", "false"), default="false",
+                        help="n_step_bound (the gym: learner's): two more 1-token forwards, of the target and online nets")
+    parser.add_argument("--target-clip", choices=("true", "false"), default="false",
+                        help="target_clip (the gym: learner's): the targets clamped and the share moved counted")
+    parser.add_argument("--excess-weight", type=float, default=cfg["excess_weight"],
+                        help="excess_weight (MetaWorld's learner: 1.0, the gym: learner's: 0)")
     args = parser.parse_args(argv)
     cfg["bins"] = args.bins
     cfg["model"]["critics"] = args.critics
     cfg["double_q"] = args.double_q == "true"
+    cfg["n_step_bound"], cfg["target_clip"] = args.n_step_bound == "true", args.target_clip == "true"
+    cfg["excess_weight"] = args.excess_weight
     cfg["num_agents"] = 1  # one learner, no process group (the config's null means "decided at launch")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
     obs_dim, dims, bins = 39, 4, cfg["bins"]
-    replay = EpisodeReplay(20_000, obs_dim, dims, bins, cfg["n_step"], cfg["discount"])
+    replay = EpisodeReplay(20_000, obs_dim, dims, bins, cfg["n_step"], cfg["discount"], one_step=cfg["n_step_bound"])
     for _ in range(100):
         replay.add_episode(torch.randn(101, obs_dim), torch.randint(bins, (100, dims)), torch.rand(100) * 0.002, False)
     model = q_network(obs_dim, dims, bins, **cfg["model"])
     learner = Learner(model, model, cfg, total_updates=10_000)
+    learner.reward_range = (0.0, 0.002)  # the rewards stored below: the clip has bounds to apply
     generator = torch.Generator().manual_seed(0)
 
     def sample() -> dict[str, torch.Tensor]:  # as the worker draws a batch without demos (its `demo` column included)
@@ -59,7 +68,8 @@ def main(argv: list[str]) -> None:
     fb, up, draw = median_times([forward_backward, update, sample], args.repeats)
     params = sum(p.numel() for p in model.parameters())
     print(f"model: {params:,} parameters (dim={cfg['model']['dim']}, depth={cfg['model']['depth']}, bins={bins}), "
-          f"batch {args.batch_size}, {args.threads} thread(s), double_q={args.double_q}, critics={args.critics}")
+          f"batch {args.batch_size}, {args.threads} thread(s), double_q={args.double_q}, critics={args.critics}, "
+          f"n_step_bound={args.n_step_bound}, target_clip={args.target_clip}, excess_weight={args.excess_weight:g}")
     print(f"forward+backward (online net)   {fb * 1e3:8.2f} ms")
     print(f"full update step                {up * 1e3:8.2f} ms   ({1 / up:.1f} updates/s)")
     print(f"ratio update / forward+backward {up / fb:8.2f}   (target <= 1.5)")
