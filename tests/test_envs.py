@@ -143,15 +143,15 @@ def test_auto_values_follow_the_suite():
                                              "eval_episodes": 50, "discount": 0.98, "reward_scale": "map",
                                              "mc_lower_bound": True, "n_step_bound": False, "lr": 1e-3,
                                              "lr_schedule": "linear", "excess_weight": 1.0, "explore.kind": "eps",
-                                             "model.critics": 1}
+                                             "model.critics": 1, "target_clip": False}
     # gym: the env's own time limit (Pendulum-v1 registers 200), no action repeat, raw rewards with the n-step
     # return as a lower bound on the 1-step backup (no MC bound: with rewards < 0 and time limits a return-to-go
-    # is no lower bound), constant 3e-4, Gaussian noise on the greedy action
+    # is no lower bound), constant 3e-4, Gaussian noise on the greedy action, targets clipped to what the rewards allow
     assert auto_values("gym:Pendulum-v1") == {"action_repeat": 1, "episode_length": 200, "num_envs": 4,
                                               "eval_episodes": 10, "discount": 0.99, "reward_scale": 1.0,
                                               "mc_lower_bound": False, "n_step_bound": True, "lr": 3e-4,
                                               "lr_schedule": "constant", "excess_weight": 0.0,
-                                              "explore.kind": "gaussian", "model.critics": 2}
+                                              "explore.kind": "gaussian", "model.critics": 2, "target_clip": True}
 
 
 def test_success_is_reported_only_by_envs_that_report_it(door_unlock):
