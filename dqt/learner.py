@@ -86,7 +86,8 @@ class Learner:
         self.value_map = algorithm.ValueMap(1.0, 0.0)  # set by the worker when learning starts
         # the per-step reward range seen so far (the worker keeps it current): target_clip's bounds, none until set
         self.reward_range: tuple[float, float] = (math.inf, -math.inf)
-        self.target_clipped = 0.0  # share of the last targets the clip moved: how often the bound acts, not only that it exists
+        # share of the last targets the clip moved (a 0-d tensor once it acts): how often the bound acts, not only that it exists
+        self.target_clipped: torch.Tensor | float = 0.0
         self.updates = 0
         self.skipped_steps = 0
         self._online_params = [p for p in module.parameters()]
@@ -131,7 +132,7 @@ class Learner:
         self.updates += 1
         return {"train/loss": total.detach().item(), "train/td_loss": td.item(), "train/conservative_loss": conservative.item(),
                 "train/q_data": q_data.item(), "train/grad_norm": grad_norm,
-                "train/target_clipped": self.target_clipped}
+                "train/target_clipped": float(self.target_clipped)}
 
     @torch.no_grad()
     def _update_average(self) -> None:
@@ -198,7 +199,7 @@ class Learner:
                               self.cfg["mc_lower_bound"], one_step)
         if self.cfg["target_clip"]:
             y, clipped = algorithm.clip_targets(y, self.value_map.bounds(*self.reward_range, discount))
-            self.target_clipped = clipped.item()
+            self.target_clipped = clipped  # read with the other metrics at the end of `update`: no sync mid-step
         return y
 
     def state_dict(self) -> dict:
