@@ -13,6 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from dqt.envs import auto_values, check_task
 from dqt.errors import ConfigError  # re-exported: callers catch dqt.config.ConfigError
+from dqt.model import CRITIC_BACKUPS
 
 AGGREGATIONS = ("mean", "median", "trimmed_mean")
 FAULT_KINDS = ("scale", "noise", "sign_flip", "nan")
@@ -157,6 +158,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.heads": _int(1),
     "model.dueling": _bool(),
     "model.critics": _int_or_auto(1),
+    "model.critic_backup": _choice(*CRITIC_BACKUPS),
     "lr": _float_or_auto(0, lo_open=True),
     "weight_decay": _float(0),
     "grad_clip": _float(0),

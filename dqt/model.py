@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+CRITIC_BACKUPS = ("min", "mean")  # model.critic_backup: how several critics combine into the value a backup takes
+
 
 class CausalBlock(nn.Module):
     """Pre-norm transformer block with causal self-attention."""
@@ -111,15 +113,19 @@ class QTransformer(nn.Module):
 class Critics(nn.Module):
     """`critics` independent Q-Transformers with one interface (`model.critics`): acting ranks bins by their mean
     Q, every backup takes the lowest critic's value at the chosen bin (clipped double Q, Fujimoto et al. 2018;
-    an ensemble's min as in RLPD, Ball et al. 2023), and each critic learns the same targets. Independent
-    weights, not heads on one transformer: heads that share the features agree wherever the data goes, so
-    their min is no lower than their mean (README: Learning benchmark, eighth session).
+    an ensemble's min as in RLPD, Ball et al. 2023), or with `backup="mean"` (`model.critic_backup`) their mean,
+    and each critic learns the same targets. Independent weights, not heads on one transformer: heads that
+    share the features agree wherever the data goes, so their min is no lower than their mean (README:
+    Learning benchmark, eighth session).
 
     Features carry a critic dimension: [..., critics, dim], critic c's from its own transformer.
     """
 
-    def __init__(self, critics: int, *args, **kwargs):
+    def __init__(self, critics: int, *args, backup: str = "min", **kwargs):
         super().__init__()
+        if backup not in CRITIC_BACKUPS:
+            raise ValueError(f"backup={backup!r}: expected one of {', '.join(CRITIC_BACKUPS)}")
+        self.backup = backup
         self.members = nn.ModuleList(QTransformer(*args, **kwargs) for _ in range(critics))
         self.action_dims, self.bins = self.members[0].action_dims, self.members[0].bins
 
@@ -136,21 +142,25 @@ class Critics(nn.Module):
         """Every critic's Q-values [..., critics, bins] from features [..., critics, dim]."""
         return torch.stack([member.head(features[..., c, :]) for c, member in enumerate(self.members)], dim=-2)
 
+    def _combine(self, q: torch.Tensor, dim: int) -> torch.Tensor:
+        return q.amin(dim) if self.backup == "min" else q.mean(dim)
+
     def lowest(self, features: torch.Tensor) -> torch.Tensor:
-        """The lowest critic's Q-value of every bin, [..., bins]."""
-        return self.critic_values(features).amin(-2)
+        """The critics' backed-up Q-value of every bin, [..., bins]: the lowest (or with backup="mean" the mean)."""
+        return self._combine(self.critic_values(features), -2)
 
     def head_at(self, features: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-        """The lowest critic's Q-value at one bin per token, [...], from features [..., critics, dim] and bins [...]."""
-        return torch.stack([member.head_at(features[..., c, :], bins) for c, member in enumerate(self.members)],
-                           dim=-1).amin(-1)
+        """`lowest` at one bin per token, [...], from features [..., critics, dim] and bins [...]."""
+        return self._combine(torch.stack([member.head_at(features[..., c, :], bins)
+                                          for c, member in enumerate(self.members)], dim=-1), -1)
 
 
-def q_network(obs_dim: int, action_dims: int, bins: int, critics: int = 1, **kwargs) -> nn.Module:
-    """The network `model.*` describes: one QTransformer, or `Critics` of several."""
+def q_network(obs_dim: int, action_dims: int, bins: int, critics: int = 1, critic_backup: str = "min",
+              **kwargs) -> nn.Module:
+    """The network `model.*` describes: one QTransformer (`critic_backup` has nothing to combine), or `Critics`."""
     if critics == 1:
         return QTransformer(obs_dim, action_dims, bins, **kwargs)
-    return Critics(critics, obs_dim, action_dims, bins, **kwargs)
+    return Critics(critics, obs_dim, action_dims, bins, backup=critic_backup, **kwargs)
 
 
 @torch.inference_mode()

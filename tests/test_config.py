@@ -214,6 +214,7 @@ def test_learner_auto_values_follow_the_suite_and_numbers_win():
     ("reward_scale=scaled", "auto, map or a number > 0"),
     ("explore.kind=boltzmann", "one of auto, gaussian, eps"),
     ("model.critics=0", "auto or an integer >= 1"),
+    ("model.critic_backup=max", "one of min, mean"),
 ])
 def test_learner_auto_keys_name_what_they_allow(override, allowed):
     with pytest.raises(ConfigError) as error:

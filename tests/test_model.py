@@ -118,7 +118,29 @@ def test_critics_act_on_their_mean_and_back_up_their_min(dueling):
     assert not torch.equal(bins, alone[0]) and not torch.equal(bins, alone[1])
 
 
+def test_critic_backup_mean_backs_up_the_critics_mean():
+    # model.critic_backup=mean: lowest and head_at give the mean of the critics, not their min; acting is unchanged
+    torch.manual_seed(5)
+    critics = q_network(OBS_DIM, DIMS, BINS, critics=3, critic_backup="mean", dim=16, depth=1, heads=2)
+    critics.eval()
+    gen = torch.Generator().manual_seed(5)
+    obs = torch.randn(8, OBS_DIM, generator=gen)
+    prefix = torch.randint(BINS, (8, DIMS - 1), generator=gen)
+    chosen = torch.randint(BINS, (8, DIMS), generator=gen)
+    with torch.no_grad():
+        own = torch.stack([member(obs, prefix) for member in critics.members], dim=-2)  # [8, DIMS, 3, BINS]
+        mean = (own[..., 0, :] + own[..., 1, :] + own[..., 2, :]) / 3
+        features = critics.features(obs, prefix)
+        torch.testing.assert_close(critics.lowest(features), mean, rtol=0, atol=1e-5)
+        torch.testing.assert_close(critics.head_at(features, chosen), mean.gather(-1, chosen.unsqueeze(-1)).squeeze(-1),
+                                   rtol=0, atol=1e-5)
+        assert (critics.lowest(features) > own.amin(-2) + 1e-4).any()  # not the min
+    with pytest.raises(ValueError, match="backup='max'"):
+        Critics(2, obs_dim=OBS_DIM, action_dims=DIMS, bins=BINS, dim=16, depth=1, heads=2, backup="max")
+
+
 def test_q_network_is_one_transformer_for_one_critic():
     assert type(q_network(3, 2, 5, critics=1, dim=8, depth=1, heads=2)) is QTransformer
+    assert type(q_network(3, 2, 5, critics=1, critic_backup="mean", dim=8, depth=1, heads=2)) is QTransformer
     two = q_network(3, 2, 5, critics=2, dim=8, depth=1, heads=2)
-    assert isinstance(two, Critics) and len(two.members) == 2
+    assert isinstance(two, Critics) and len(two.members) == 2 and two.backup == "min"
