@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -104,3 +108,26 @@ def test_learner_benchmark_times_a_real_update(learner):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "ratio update / forward+backward" in result.stdout
     assert ("critics=2, n_step_bound=true, target_clip=true, excess_weight=0" in result.stdout) == bool(learner)
+
+
+def test_stopping_the_benchmark_stops_its_runs(tmp_path):
+    # `kill` (SIGTERM) of dqt-bench learn once left its dqt-train runs training on the cores, unwatched
+    bench = subprocess.Popen([sys.executable, "-m", "dqt.bench.learn", "--only", "inverted-pendulum", "--seeds", "1",
+                              "--jobs", "1", "--out", str(tmp_path), "--extra", "train_steps=10000000"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    children = Path(f"/proc/{bench.pid}/task/{bench.pid}/children")
+    deadline = time.monotonic() + 60
+    while not children.read_text().split():
+        assert time.monotonic() < deadline and bench.poll() is None, "the benchmark started no run"
+        time.sleep(0.1)
+    run = int(children.read_text().split()[0])
+    bench.send_signal(signal.SIGTERM)
+    try:
+        assert bench.wait(timeout=90) == 128 + signal.SIGTERM
+        with pytest.raises(ProcessLookupError):  # terminated and reaped by the benchmark, not left running
+            os.kill(run, 0)
+    finally:  # a failing benchmark must not leave this test's run behind either
+        try:
+            os.kill(run, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -145,6 +146,40 @@ def finished(run_dir: Path) -> bool:
     return evals[-1]["env_steps"] >= OmegaConf.load(config)["train_steps"]
 
 
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds through main's `finally`, which stops the runs it started
+
+
+def _run_queue(queue: list, running: list, chosen: list[Benchmark], slots: int, extra: list[str]) -> None:
+    """Start the queued runs as slots (one per agent) free up, until all have ended; `running` is the caller's,
+    so whoever stops this knows which runs are still going."""
+    used = 0
+    while queue or running:
+        while queue and (used + queue[0][0].agents <= slots or not running):
+            bench, seed, run_dir = queue.pop(0)
+            if finished(run_dir):
+                print(f"{run_dir}: done, kept", file=sys.stderr)  # a stopped benchmark picks up where it was
+                continue
+            if run_dir.exists():  # cut off before its end: run it again from the start
+                shutil.rmtree(run_dir)
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
+            # one core per agent: runs side by side must not fight over threads
+            command = [sys.executable, "-m", "dqt.train", *bench.overrides, f"seed={seed}", "progress=false",
+                       "wandb.mode=disabled", "threads=1", f"hydra.run.dir={run_dir}", *extra]
+            log = open(run_dir.parent / f"seed{seed}.log", "w")
+            print(" ".join(command[2:]), file=sys.stderr)
+            running.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), run_dir, time.perf_counter()))
+            used += bench.agents
+        time.sleep(1.0)
+        for proc, run_dir, began in list(running):
+            if proc.poll() is not None:
+                running.remove((proc, run_dir, began))
+                used -= next(b.agents for b in chosen if b.name == run_dir.parent.name)
+                status = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}, see {run_dir}.log)"
+                print(f"{run_dir}: {status} in {(time.perf_counter() - began) / 60:.1f} min", file=sys.stderr)
+                plot_learning_curve(run_dir)
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="dqt-bench learn", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -171,32 +206,19 @@ def main(argv: list[str]) -> None:
     if args.table_only:
         queue = []
     running: list[tuple[subprocess.Popen, Path, float]] = []
-    used = 0
     started = time.perf_counter()
-    while queue or running:
-        while queue and (used + queue[0][0].agents <= (args.jobs or cores) or not running):
-            bench, seed, run_dir = queue.pop(0)
-            if finished(run_dir):
-                print(f"{run_dir}: done, kept", file=sys.stderr)  # a stopped benchmark picks up where it was
-                continue
-            if run_dir.exists():  # cut off before its end: run it again from the start
-                shutil.rmtree(run_dir)
-            run_dir.parent.mkdir(parents=True, exist_ok=True)
-            # one core per agent: runs side by side must not fight over threads
-            command = [sys.executable, "-m", "dqt.train", *bench.overrides, f"seed={seed}", "progress=false",
-                       "wandb.mode=disabled", "threads=1", f"hydra.run.dir={run_dir}", *args.extra.split()]
-            log = open(run_dir.parent / f"seed{seed}.log", "w")
-            print(" ".join(command[2:]), file=sys.stderr)
-            running.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), run_dir, time.perf_counter()))
-            used += bench.agents
-        time.sleep(1.0)
-        for proc, run_dir, began in list(running):
-            if proc.poll() is not None:
-                running.remove((proc, run_dir, began))
-                used -= next(b.agents for b in chosen if b.name == run_dir.parent.name)
-                status = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}, see {run_dir}.log)"
-                print(f"{run_dir}: {status} in {(time.perf_counter() - began) / 60:.1f} min", file=sys.stderr)
-                plot_learning_curve(run_dir)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        _run_queue(queue, running, chosen, args.jobs or cores, args.extra.split())
+    finally:  # stopped (kill, Ctrl-C, an error): no run may go on training unwatched on the cores
+        for proc, _, _ in running:
+            proc.terminate()
+        for proc, _, _ in running:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
     results = {}
     for bench in chosen:
