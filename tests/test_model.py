@@ -84,6 +84,13 @@ def test_head_at_is_the_head_at_one_bin(dueling):
 
 
 
+def _critic_inputs(batch: int, seed: int):
+    """(obs, prefix bins, one chosen bin per token) for a batch of `batch` states."""
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, OBS_DIM, generator=gen), torch.randint(BINS, (batch, DIMS - 1), generator=gen),
+            torch.randint(BINS, (batch, DIMS), generator=gen))
+
+
 @pytest.mark.parametrize("dueling", [False, True])
 def test_critics_act_on_their_mean_and_back_up_their_min(dueling):
     # two independent critics: forward/head give the mean, lowest and head_at the min (clipped double Q), every
@@ -94,10 +101,7 @@ def test_critics_act_on_their_mean_and_back_up_their_min(dueling):
         for member in critics.members:
             member.advantage.weight.mul_(10.0)
     critics.eval()
-    gen = torch.Generator().manual_seed(4)
-    obs = torch.randn(16, OBS_DIM, generator=gen)
-    prefix = torch.randint(BINS, (16, DIMS - 1), generator=gen)
-    chosen = torch.randint(BINS, (16, DIMS), generator=gen)
+    obs, prefix, chosen = _critic_inputs(16, seed=4)
     with torch.no_grad():
         own = torch.stack([member(obs, prefix) for member in critics.members], dim=-2)  # [16, DIMS, 2, BINS]
         # equal up to how the BLAS sums (a critic's features are a strided view in Critics)
@@ -123,10 +127,7 @@ def test_critic_backup_mean_backs_up_the_critics_mean():
     torch.manual_seed(5)
     critics = q_network(OBS_DIM, DIMS, BINS, critics=3, critic_backup="mean", dim=16, depth=1, heads=2)
     critics.eval()
-    gen = torch.Generator().manual_seed(5)
-    obs = torch.randn(8, OBS_DIM, generator=gen)
-    prefix = torch.randint(BINS, (8, DIMS - 1), generator=gen)
-    chosen = torch.randint(BINS, (8, DIMS), generator=gen)
+    obs, prefix, chosen = _critic_inputs(8, seed=5)
     with torch.no_grad():
         own = torch.stack([member(obs, prefix) for member in critics.members], dim=-2)  # [8, DIMS, 3, BINS]
         mean = (own[..., 0, :] + own[..., 1, :] + own[..., 2, :]) / 3
