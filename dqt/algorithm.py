@@ -136,7 +136,8 @@ def greedy_values(head, features: torch.Tensor, online_q: torch.Tensor | None = 
     (van Hasselt et al. 2016): the online net picks the bin, the target net values it.
 
     head: the target network (its `lowest` gives every bin's Q, `head_at` one bin's, both the lowest of its
-    critics: clipped double Q, Fujimoto et al. 2018); features [..., dim]: the target network's features.
+    critics: clipped double Q, Fujimoto et al. 2018; or their mean, `model.critic_backup`); features [..., dim]:
+    the target network's features.
     Returns [...].
     """
     if online_q is None:

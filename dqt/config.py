@@ -13,11 +13,11 @@ from omegaconf.errors import OmegaConfBaseException
 
 from dqt.envs import auto_values, check_task
 from dqt.errors import ConfigError  # re-exported: callers catch dqt.config.ConfigError
-from dqt.model import CRITIC_BACKUPS
 
 AGGREGATIONS = ("mean", "median", "trimmed_mean")
 FAULT_KINDS = ("scale", "noise", "sign_flip", "nan")
 EXPLORE_KINDS = ("gaussian", "eps")
+CRITIC_BACKUPS = ("min", "mean")  # dqt.model.CRITIC_BACKUPS, not imported: checking a config must not load torch
 LR_SCHEDULES = ("constant", "linear", "log", "log_linear", "n_linear", "plateau")
 LR_SCALES = ("none", "inv_n", "log_n", "sqrt_n")
 NOISE_REDUCES = ("median", "mean")

@@ -110,24 +110,32 @@ def test_learner_benchmark_times_a_real_update(learner):
     assert ("critics=2, n_step_bound=true, target_clip=true, excess_weight=0" in result.stdout) == bool(learner)
 
 
-def test_stopping_the_benchmark_stops_its_runs(tmp_path):
-    # `kill` (SIGTERM) of dqt-bench learn once left its dqt-train runs training on the cores, unwatched
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["kill", "ctrl-c"])
+def test_stopping_the_benchmark_stops_its_runs(tmp_path, stop):
+    # `kill` (SIGTERM) of dqt-bench learn once left its dqt-train runs training on the cores, unwatched; a Ctrl-C
+    # (SIGINT to the benchmark alone here: its runs lead their own sessions) must stop them the same way
     bench = subprocess.Popen([sys.executable, "-m", "dqt.bench.learn", "--only", "inverted-pendulum", "--seeds", "1",
                               "--jobs", "1", "--out", str(tmp_path), "--extra", "train_steps=10000000"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     children = Path(f"/proc/{bench.pid}/task/{bench.pid}/children")
-    deadline = time.monotonic() + 60
-    while not children.read_text().split():
-        assert time.monotonic() < deadline and bench.poll() is None, "the benchmark started no run"
-        time.sleep(0.1)
-    run = int(children.read_text().split()[0])
-    bench.send_signal(signal.SIGTERM)
+    run = None
     try:
-        assert bench.wait(timeout=90) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "inverted-pendulum" / "seed1" / ".hydra" / "config.yaml").exists():  # training started
+            assert time.monotonic() < deadline and bench.poll() is None, bench.communicate()[1][-3000:]
+            time.sleep(0.2)
+        run = int(children.read_text().split()[0])
+        os.kill(run, 0)  # alive: the run must be stopped by the benchmark, not have ended by itself
+        bench.send_signal(stop)
+        assert bench.wait(timeout=120) == 128 + stop, bench.communicate()[1][-3000:]
         with pytest.raises(ProcessLookupError):  # terminated and reaped by the benchmark, not left running
             os.kill(run, 0)
-    finally:  # a failing benchmark must not leave this test's run behind either
-        try:
-            os.kill(run, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    finally:  # whatever failed, nothing of this test may go on running
+        for kill, pid in ((os.killpg, bench.pid), (os.killpg, run), (os.kill, run)):  # the run: its group, or itself
+            if pid is not None:
+                try:
+                    kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        bench.wait()

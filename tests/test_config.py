@@ -6,6 +6,9 @@ refusal happens before torch is imported, so a row takes about half a second (a 
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -271,3 +274,13 @@ def test_conservative_rows_all_is_accepted_with_the_default_excess_weight():
     # algorithm's own test shows it is then off (tests/test_algorithm.py), so the combination is not refused
     cfg = validate(_compose("conservative_rows=all"))
     assert (cfg["conservative_rows"], cfg["excess_weight"]) == ("all", 1.0)
+
+
+def test_checking_a_config_loads_no_torch():
+    # a refused command line takes about half a second because torch is imported only once the config is accepted
+    # (README: Reliability); dqt.config keeps its own copy of the model's choices for that reason
+    check = ("import sys, dqt.config; loaded = 'torch' in sys.modules; import dqt.model; "
+             "assert dqt.config.CRITIC_BACKUPS == dqt.model.CRITIC_BACKUPS; print(loaded)")
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "False"

@@ -146,8 +146,31 @@ def finished(run_dir: Path) -> bool:
     return evals[-1]["env_steps"] >= OmegaConf.load(config)["train_steps"]
 
 
-def _exit_on_sigterm(signum, frame):
-    raise SystemExit(128 + signum)  # unwinds through main's `finally`, which stops the runs it started
+_STOP: list[int] = []  # the signal that asked the benchmark to stop, if any
+
+
+def _note_stop(signum, frame):
+    # only noted: raising here could land between a run's start and its entry in `running`, and leave it behind
+    _STOP.append(signum)
+
+
+def _stop_runs(running: list) -> None:
+    """Terminate every running run's process group (its agent processes too), SIGKILL what outlives 60 s."""
+    for proc, _, _ in running:
+        _signal_group(proc, signal.SIGTERM)
+    for proc, _, _ in running:
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait()
+
+
+def _signal_group(proc: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(proc.pid, signum)  # each run leads its own session (start_new_session): the group is the run's
+    except ProcessLookupError:
+        pass
 
 
 def _run_queue(queue: list, running: list, chosen: list[Benchmark], slots: int, extra: list[str]) -> None:
@@ -168,9 +191,13 @@ def _run_queue(queue: list, running: list, chosen: list[Benchmark], slots: int, 
                        "wandb.mode=disabled", "threads=1", f"hydra.run.dir={run_dir}", *extra]
             log = open(run_dir.parent / f"seed{seed}.log", "w")
             print(" ".join(command[2:]), file=sys.stderr)
-            running.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), run_dir, time.perf_counter()))
+            # a session of its own: a Ctrl-C reaches the benchmark only, which then stops every run itself
+            running.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True),
+                            run_dir, time.perf_counter()))
             used += bench.agents
         time.sleep(1.0)
+        if _STOP:
+            raise SystemExit(128 + _STOP[0])
         for proc, run_dir, began in list(running):
             if proc.poll() is not None:
                 running.remove((proc, run_dir, began))
@@ -207,18 +234,14 @@ def main(argv: list[str]) -> None:
         queue = []
     running: list[tuple[subprocess.Popen, Path, float]] = []
     started = time.perf_counter()
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _note_stop)
     try:
         _run_queue(queue, running, chosen, args.jobs or cores, args.extra.split())
     finally:  # stopped (kill, Ctrl-C, an error): no run may go on training unwatched on the cores
-        for proc, _, _ in running:
-            proc.terminate()
-        for proc, _, _ in running:
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        _stop_runs(running)
 
     results = {}
     for bench in chosen:

@@ -24,7 +24,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--bins", type=int, default=cfg["bins"], help="bins per action dimension (the figures in the README: 256)")
     parser.add_argument("--double-q", choices=("true", "false"), default=str(cfg["double_q"]).lower(),
                         help="double-Q targets (costs one more 1-token forward of the online net)")
-    parser.add_argument("--critics", type=int, default=1, help="model.critics: independent networks, the lowest backs up")
+    parser.add_argument("--critics", type=int, default=1, help="model.critics: independent networks, the lowest backs up (model.critic_backup=min)")
     parser.add_argument("--n-step-bound", choices=("true", "false"), default="false",
                         help="n_step_bound (the gym: learner's): two more 1-token forwards, of the target and online nets")
     parser.add_argument("--target-clip", choices=("true", "false"), default="false",
