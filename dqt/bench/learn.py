@@ -234,6 +234,7 @@ def main(argv: list[str]) -> None:
         queue = []
     running: list[tuple[subprocess.Popen, Path, float]] = []
     started = time.perf_counter()
+    _STOP.clear()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _note_stop)
     try:
