@@ -1,11 +1,13 @@
-"""Plain SAC (Haarnoja et al. 2018, CleanRL's defaults: 256x256, lr 3e-4, auto entropy, tau 0.005, UTD 1, 5k random
-steps): a continuous actor-critic reference for the budget of dqt's gymnasium targets. Diagnostic only."""
+"""Plain SAC (Haarnoja et al. 2018: 256x256, lr 3e-4, auto entropy, tau 0.005, UTD 1, 5k random steps, as CleanRL's
+sac_continuous_action but for its critic and entropy lr of 1e-3, which `--q_lr 1e-3` gives, and its actor updated in
+pairs every other step): a continuous actor-critic reference for the budget of dqt's gymnasium targets. Diagnostic only."""
 import argparse, json, time
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F, gymnasium as gym
 p = argparse.ArgumentParser()
 p.add_argument('--env', default='Reacher-v5'); p.add_argument('--seed', type=int, default=1)
 p.add_argument('--steps', type=int, default=50000); p.add_argument('--eval_every', type=int, default=5000)
 p.add_argument('--start', type=int, default=5000); p.add_argument('--out', default=None)
+p.add_argument('--q_lr', type=float, default=3e-4)  # critics and entropy temperature
 a = p.parse_args()
 torch.manual_seed(a.seed); np.random.seed(a.seed); torch.set_num_threads(1)
 env = gym.make(a.env); eval_env = gym.make(a.env)
@@ -14,9 +16,9 @@ hi = torch.as_tensor(env.action_space.high, dtype=torch.float32)
 mlp = lambda i, o: nn.Sequential(nn.Linear(i, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, o))
 q1, q2, actor = mlp(od + ad, 1), mlp(od + ad, 1), mlp(od, 2 * ad)
 q1t, q2t = mlp(od + ad, 1), mlp(od + ad, 1); q1t.load_state_dict(q1.state_dict()); q2t.load_state_dict(q2.state_dict())
-qopt = torch.optim.Adam(list(q1.parameters()) + list(q2.parameters()), lr=3e-4)
+qopt = torch.optim.Adam(list(q1.parameters()) + list(q2.parameters()), lr=a.q_lr)
 aopt = torch.optim.Adam(actor.parameters(), lr=3e-4)
-log_alpha = torch.zeros(1, requires_grad=True); alopt = torch.optim.Adam([log_alpha], lr=3e-4)
+log_alpha = torch.zeros(1, requires_grad=True); alopt = torch.optim.Adam([log_alpha], lr=a.q_lr)
 def pi(o, det=False):
     mu, ls = actor(o).chunk(2, -1); ls = ls.clamp(-5, 2)
     if det: return torch.tanh(mu) * hi, None
