@@ -135,13 +135,13 @@ def greedy_values(head, features: torch.Tensor, online_q: torch.Tensor | None = 
     online net's Q [..., bins] at the same inputs, double Q-learning's Q_target(argmax_b Q_online(b))
     (van Hasselt et al. 2016): the online net picks the bin, the target net values it.
 
-    head: the target network (its `lowest` gives every bin's Q, `head_at` one bin's, both the lowest of its
+    head: the target network (its `backup_values` gives every bin's Q, `head_at` one bin's, both the lowest of its
     critics: clipped double Q, Fujimoto et al. 2018; or their mean, `model.critic_backup`); features [..., dim]:
     the target network's features.
     Returns [...].
     """
     if online_q is None:
-        return head.lowest(features).amax(dim=-1)
+        return head.backup_values(features).amax(dim=-1)
     return head.head_at(features, online_q.argmax(dim=-1))
 
 

@@ -94,7 +94,7 @@ class QTransformer(nn.Module):
             q = self.value(features) + q - q.mean(-1, keepdim=True)
         return q
 
-    def lowest(self, features: torch.Tensor) -> torch.Tensor:
+    def backup_values(self, features: torch.Tensor) -> torch.Tensor:
         """The value a backup takes for every bin, [..., bins]: with one critic, `head` itself."""
         return self.head(features)
 
@@ -145,12 +145,12 @@ class Critics(nn.Module):
     def _combine(self, q: torch.Tensor, dim: int) -> torch.Tensor:
         return q.amin(dim) if self.backup == "min" else q.mean(dim)
 
-    def lowest(self, features: torch.Tensor) -> torch.Tensor:
+    def backup_values(self, features: torch.Tensor) -> torch.Tensor:
         """The critics' backed-up Q-value of every bin, [..., bins]: the lowest (or with backup="mean" the mean)."""
         return self._combine(self.critic_values(features), -2)
 
     def head_at(self, features: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-        """`lowest` at one bin per token, [...], from features [..., critics, dim] and bins [...]."""
+        """`backup_values` at one bin per token, [...], from features [..., critics, dim] and bins [...]."""
         return self._combine(torch.stack([member.head_at(features[..., c, :], bins)
                                           for c, member in enumerate(self.members)], dim=-1), -1)
 

@@ -94,10 +94,10 @@ MC_RETURN = torch.tensor([0.9375, 0.5])
 
 
 class _QAsFeatures:
-    """A stand-in target head whose features are already the Q-values of its one critic: lowest(f) = f."""
+    """A stand-in target head whose features are already the Q-values of its one critic: backup_values(f) = f."""
 
     @staticmethod
-    def lowest(features):
+    def backup_values(features):
         return features
 
     @staticmethod

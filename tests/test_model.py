@@ -93,7 +93,7 @@ def _critic_inputs(batch: int, seed: int):
 
 @pytest.mark.parametrize("dueling", [False, True])
 def test_critics_act_on_their_mean_and_back_up_their_min(dueling):
-    # two independent critics: forward/head give the mean, lowest and head_at the min (clipped double Q), every
+    # two independent critics: forward/head give the mean, backup_values and head_at the min (clipped double Q), every
     # critic's values are its own network's, and greedy decoding takes the argmax of the mean
     torch.manual_seed(4)
     critics = Critics(2, obs_dim=OBS_DIM, action_dims=DIMS, bins=BINS, dim=16, depth=2, heads=2, dueling=dueling)
@@ -109,7 +109,7 @@ def test_critics_act_on_their_mean_and_back_up_their_min(dueling):
         torch.testing.assert_close(critics(obs, prefix), own.mean(-2), rtol=0, atol=1e-5)
         features = critics.features(obs, prefix)
         lowest = torch.minimum(own[..., 0, :], own[..., 1, :])
-        torch.testing.assert_close(critics.lowest(features), lowest, rtol=0, atol=1e-5)
+        torch.testing.assert_close(critics.backup_values(features), lowest, rtol=0, atol=1e-5)
         torch.testing.assert_close(critics.head_at(features, chosen), lowest.gather(-1, chosen.unsqueeze(-1)).squeeze(-1),
                                    rtol=0, atol=1e-4)
         assert (own[..., 0, :] != own[..., 1, :]).all()  # independent weights: the min is not the mean
@@ -123,7 +123,7 @@ def test_critics_act_on_their_mean_and_back_up_their_min(dueling):
 
 
 def test_critic_backup_mean_backs_up_the_critics_mean():
-    # model.critic_backup=mean: lowest and head_at give the mean of the critics, not their min; acting is unchanged
+    # model.critic_backup=mean: backup_values and head_at give the mean of the critics, not their min; acting is unchanged
     torch.manual_seed(5)
     critics = q_network(OBS_DIM, DIMS, BINS, critics=3, critic_backup="mean", dim=16, depth=1, heads=2)
     critics.eval()
@@ -132,10 +132,10 @@ def test_critic_backup_mean_backs_up_the_critics_mean():
         own = torch.stack([member(obs, prefix) for member in critics.members], dim=-2)  # [8, DIMS, 3, BINS]
         mean = (own[..., 0, :] + own[..., 1, :] + own[..., 2, :]) / 3
         features = critics.features(obs, prefix)
-        torch.testing.assert_close(critics.lowest(features), mean, rtol=0, atol=1e-5)
+        torch.testing.assert_close(critics.backup_values(features), mean, rtol=0, atol=1e-5)
         torch.testing.assert_close(critics.head_at(features, chosen), mean.gather(-1, chosen.unsqueeze(-1)).squeeze(-1),
                                    rtol=0, atol=1e-5)
-        assert (critics.lowest(features) > own.amin(-2) + 1e-4).any()  # not the min
+        assert (critics.backup_values(features) > own.amin(-2) + 1e-4).any()  # not the min
     with pytest.raises(ValueError, match="backup='max'"):
         Critics(2, obs_dim=OBS_DIM, action_dims=DIMS, bins=BINS, dim=16, depth=1, heads=2, backup="max")
 
