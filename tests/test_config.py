@@ -1,11 +1,13 @@
 """Tests of dqt.config: bad values through the real entry point, and `validate` on hydra-composed configs.
 
-The entry-point table runs `python -m dqt.train` (what `dqt-train` calls) in a subprocess per row. A
-refusal happens before torch is imported, so a row takes about half a second (a MetaWorld task: one).
+The entry-point table runs `python -m dqt.train` (what `dqt-train` calls) in a subprocess per row, two rows
+at a time (a row is one core's worth of imports). A refusal happens before torch (or MetaWorld) is imported, so a row
+takes about half a second.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import subprocess
 import sys
 
@@ -102,11 +104,30 @@ GUARDS = ["wandb.mode=disabled", "task=gym:toy_env:Combo-v0", "num_agents=1", "t
           "progress=false"]
 
 
-@pytest.mark.parametrize("overrides, message", BAD, ids=[" ".join(o) for o, _ in BAD])
-def test_bad_value_is_refused_in_one_line_before_anything_is_written(overrides, message, tmp_path):
-    run_dir = tmp_path / "run"
-    result = run_train(f"hydra.run.dir={run_dir}", *GUARDS, *overrides, timeout=120,
-                       env={var: None for var in TORCHRUN_VARS})
+BAD_IDS = [" ".join(o) for o, _ in BAD]
+
+
+@pytest.fixture(scope="module")
+def refusal_runs(request, tmp_path_factory):
+    """The collected rows of BAD started two at a time: row -> (run dir, future of its CompletedProcess). A row
+    that hangs fails its own test (TimeoutExpired from `.result()`), not the others."""
+    wanted = {item.callspec.params["row"] for item in request.session.items
+              if getattr(item, "originalname", None) == "test_bad_value_is_refused_in_one_line_before_anything_is_written"}
+    root = tmp_path_factory.mktemp("refusals")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        runs = {}
+        for row in sorted(wanted):
+            run_dir = root / str(row) / "run"
+            runs[row] = run_dir, pool.submit(run_train, f"hydra.run.dir={run_dir}", *GUARDS, *BAD[row][0],
+                                             timeout=120, env={var: None for var in TORCHRUN_VARS})
+        yield runs
+
+
+@pytest.mark.parametrize("row", range(len(BAD)), ids=BAD_IDS)
+def test_bad_value_is_refused_in_one_line_before_anything_is_written(row, refusal_runs):
+    overrides, message = BAD[row]
+    run_dir, future = refusal_runs[row]
+    result = future.result()
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr  # one line, so no traceback either
@@ -278,9 +299,12 @@ def test_conservative_rows_all_is_accepted_with_the_default_excess_weight():
 
 def test_checking_a_config_loads_no_torch():
     # a refused command line takes about half a second because torch is imported only once the config is accepted
-    # (README: Reliability); dqt.config keeps its own copy of the model's choices for that reason
-    check = ("import sys, dqt.config; loaded = 'torch' in sys.modules; import dqt.model; "
-             "assert dqt.config.CRITIC_BACKUPS == dqt.model.CRITIC_BACKUPS; print(loaded)")
+    # (README: Reliability); dqt.config keeps its own copy of the model's choices for that reason, and dqt.envs
+    # its own list of MetaWorld's tasks, so a bad MetaWorld name loads neither MetaWorld nor MuJoCo
+    check = ("import sys, dqt.config, dqt.envs\n"
+             "try:\n    dqt.envs.make_task('mw-nonexistent')\nexcept dqt.config.ConfigError:\n    pass\n"
+             "loaded = sorted(m for m in ('torch', 'metaworld', 'mujoco') if m in sys.modules)\n"
+             "import dqt.model\nassert dqt.config.CRITIC_BACKUPS == dqt.model.CRITIC_BACKUPS\nprint(loaded)")
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == "False"
+    assert result.stdout.strip() == "[]"

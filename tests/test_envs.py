@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dqt.config import ConfigError
-from dqt.envs import check_task, env_seed, eval_seed, make_task
+from dqt.envs import METAWORLD_TASKS, check_task, env_seed, eval_seed, make_task
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +78,12 @@ def test_gym_task_spaces_and_action_rescaling():
     obs, *_ = env.step(np.array([-0.5], dtype=np.float32))  # u = -1.0: thdot' = -0.15
     assert obs[2] == np.float32(-0.15)
     env.close()
+
+
+def test_the_written_out_task_names_are_metaworlds_own():
+    import metaworld
+
+    assert METAWORLD_TASKS == tuple(name.removesuffix("-v3") for name in metaworld._env_dict.ALL_V3_ENVIRONMENTS)
 
 
 def test_unknown_metaworld_task_lists_the_tasks():
