@@ -36,13 +36,13 @@ def test_median_learns_with_one_of_four_agents_scaling_its_gradients_by_1e6(tmp_
 
 
 def test_nan_agent_skips_every_mean_step_but_no_trimmed_mean_step(tmp_path):
-    common = (*TOY, "num_agents=4", "train_steps=400", "eval_every=400", "log_every=400", "faults.agents=[2]",
+    common = (*TOY, "num_agents=4", "train_steps=200", "eval_every=200", "log_every=200", "faults.agents=[2]",
               "faults.kind=nan")
     mean_dir, trimmed_dir = tmp_path / "mean", tmp_path / "trimmed"
     mean = run_train(*common, "aggregation=mean", f"hydra.run.dir={mean_dir}")
     assert mean.returncode == 0, mean.stderr[-3000:]
     assert "dqt: warning: 1 of 4 agents are faulty but rule 'mean'" in mean.stderr  # the mean tolerates no faulty agent
-    assert _rows(mean_dir)[-1]["train/skipped_steps"] == 150  # every one of (400 - 100) * 0.5 updates
+    assert _rows(mean_dir)[-1]["train/skipped_steps"] == 50  # every one of (200 - 100) * 0.5 updates
     weights = newest_checkpoint(mean_dir, 0)["learner"]["model"]
     assert all(torch.isfinite(w).all() for w in weights.values())
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import newest_checkpoint, run_train
+from conftest import newest_checkpoint, run_train, start_train
 from dqt import generations
 
 pytestmark = pytest.mark.slow
@@ -42,34 +42,34 @@ def test_a_run_resumed_before_learning_starts_maps_values_from_all_rewards_seen(
     # seen so far: a checkpoint before then carries that range, so the resumed run gets the whole run's map
     noisy = (*TOY, "threads=1", "noise.std=3.0", "seed_steps=100", "eval_every=200", "log_every=200",
              "reward_scale=map")  # the value map (MetaWorld's auto; gym: tasks learn on raw rewards by default)
-    whole = run_train(*noisy, "train_steps=200", f"hydra.run.dir={tmp_path / 'whole'}")
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    first = run_train(*noisy, "train_steps=100", f"hydra.run.dir={tmp_path / 'split'}")
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert newest_checkpoint(tmp_path / "split", 0)["learner"]["updates"] == 0  # learning had not started
-    second = run_train(*noisy, "train_steps=200", "resume=true", f"hydra.run.dir={tmp_path / 'split'}")
-    assert second.returncode == 0, second.stderr[-3000:]
+    # the uninterrupted run alongside the split one (one core each)
+    whole = start_train(*noisy, "train_steps=200", f"hydra.run.dir={tmp_path / 'whole'}", stderr=tmp_path / "whole.err")
+    try:
+        first = run_train(*noisy, "train_steps=100", f"hydra.run.dir={tmp_path / 'split'}")
+        assert first.returncode == 0, first.stderr[-3000:]
+        assert newest_checkpoint(tmp_path / "split", 0)["learner"]["updates"] == 0  # learning had not started
+        second = run_train(*noisy, "train_steps=200", "resume=true", f"hydra.run.dir={tmp_path / 'split'}")
+        assert second.returncode == 0, second.stderr[-3000:]
+        assert whole.wait(timeout=300) == 0, (tmp_path / "whole.err").read_text()[-3000:]
+    finally:  # a failed test leaves no process behind
+        whole.kill()
+        whole.wait()
     expected = newest_checkpoint(tmp_path / "whole", 0)["learner"]["value_map"]
     assert newest_checkpoint(tmp_path / "split", 0)["learner"]["value_map"] == expected
     assert expected[1] < 0  # noisy rewards below 0 were seen: the map is not the default one
 
-def test_hydra_multirun_sweeps_start_one_job_per_combination(tmp_path):
-    result = run_train("--multirun", *TOY, "train_steps=100", "seed=1,2", f"hydra.sweep.dir={tmp_path}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    jobs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
-    assert jobs == ["0", "1"]
-    seeds = [(tmp_path / job / ".hydra" / "overrides.yaml").read_text() for job in jobs]
-    assert "seed=1" in seeds[0] and "seed=2" in seeds[1]
-    for job in jobs:
-        rows = [json.loads(line) for line in (tmp_path / job / "metrics.jsonl").read_text().splitlines()]
-        assert rows[-1]["env_steps"] == 100
-
-
-def test_a_sweep_started_again_skips_finished_runs_and_continues_a_cut_off_one(tmp_path):
+def test_a_multirun_starts_one_job_per_combination_and_started_again_skips_finished_runs(tmp_path):
     sweep = ("--multirun", *TOY, "threads=1", "train_steps=200", "resume=auto", "seed=1,2",
              f"hydra.sweep.dir={tmp_path}")
     first = run_train(*sweep)
     assert first.returncode == 0, first.stderr[-3000:]
+    jobs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert jobs == ["0", "1"]  # one job per seed, each with its own overrides, each run to the end
+    seeds = [(tmp_path / job / ".hydra" / "overrides.yaml").read_text() for job in jobs]
+    assert "seed=1" in seeds[0] and "seed=2" in seeds[1]
+    for job in jobs:
+        rows = [json.loads(line) for line in (tmp_path / job / "metrics.jsonl").read_text().splitlines()]
+        assert rows[-1]["env_steps"] == 200
     assert [g.step for g in generations.complete(tmp_path / "1")] == [200, 100]
     finished = {path: path.read_bytes() for path in (tmp_path / "0").rglob("*") if path.is_file()
                 and ".hydra" not in path.parts}
