@@ -129,7 +129,8 @@ def test_resume_auto_continues_a_complete_generation_and_knows_a_finished_run(tm
 
 
 TOY = ("task=gym:toy_env:Combo-v0", "demos=0", "episode_length=1", "action_repeat=1", "bins=8", "num_envs=4",
-       "seed_steps=40", "updates_per_step=0.25", "batch_size=16", "replay_size=1000", "model.dim=16", "model.depth=1", "model.heads=2",
+       "seed_steps=40", "updates_per_step=0.25", "batch_size=16", "replay_size=1000", "model.dim=16",
+       "model.depth=1", "model.heads=2",
        "pretrain_updates=10", "eval_every=100", "eval_episodes=8", "log_every=100", "checkpoint_every=100",
        "threads=1", "progress=false", "wandb.mode=disabled")
 

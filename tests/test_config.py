@@ -112,15 +112,19 @@ def refusal_runs(request, tmp_path_factory):
     """The collected rows of BAD started two at a time: row -> (run dir, future of its CompletedProcess). A row
     that hangs fails its own test (TimeoutExpired from `.result()`), not the others."""
     wanted = {item.callspec.params["row"] for item in request.session.items
-              if getattr(item, "originalname", None) == "test_bad_value_is_refused_in_one_line_before_anything_is_written"}
+              if item.getparent(pytest.Module) is request.node
+              and getattr(item, "originalname", None) == "test_bad_value_is_refused_in_one_line_before_anything_is_written"}
     root = tmp_path_factory.mktemp("refusals")
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
+    try:
         runs = {}
         for row in sorted(wanted):
             run_dir = root / str(row) / "run"
             runs[row] = run_dir, pool.submit(run_train, f"hydra.run.dir={run_dir}", *GUARDS, *BAD[row][0],
                                              timeout=120, env={var: None for var in TORCHRUN_VARS})
         yield runs
+    finally:  # a stopped or failed session does not wait for the rows still queued
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 @pytest.mark.parametrize("row", range(len(BAD)), ids=BAD_IDS)
@@ -297,7 +301,7 @@ def test_conservative_rows_all_is_accepted_with_the_default_excess_weight():
     assert (cfg["conservative_rows"], cfg["excess_weight"]) == ("all", 1.0)
 
 
-def test_checking_a_config_loads_no_torch():
+def test_checking_a_config_loads_no_torch_or_metaworld():
     # a refused command line takes about half a second because torch is imported only once the config is accepted
     # (README: Reliability); dqt.config keeps its own copy of the model's choices for that reason, and dqt.envs
     # its own list of MetaWorld's tasks, so a bad MetaWorld name loads neither MetaWorld nor MuJoCo

@@ -81,9 +81,9 @@ def test_gym_task_spaces_and_action_rescaling():
 
 
 def test_the_written_out_task_names_are_metaworlds_own():
-    import metaworld
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
-    assert METAWORLD_TASKS == tuple(name.removesuffix("-v3") for name in metaworld._env_dict.ALL_V3_ENVIRONMENTS)
+    assert METAWORLD_TASKS == tuple(name.removesuffix("-v3") for name in ALL_V3_ENVIRONMENTS)
 
 
 def test_unknown_metaworld_task_lists_the_tasks():

@@ -71,9 +71,9 @@ def test_a_killed_job_resumed_logs_the_rows_of_the_uninterrupted_run(tmp_path):
     assert sum(e["success"] for e in report["episodes"]) / 4 == pytest.approx(final["eval/success_rate"], abs=1e-12)
     assert all(1 <= len(e["bins"]) <= 8 for e in report["episodes"])
     # both critics trained apart and were checkpointed; the replay above used their mean's greedy bins
-    saved = newest_checkpoint(whole, 0)["learner"]["model"]
-    assert {k.split(".")[1] for k in saved if k.startswith("members.")} == {"0", "1"}
-    assert not torch.equal(saved["members.0.advantage.weight"], saved["members.1.advantage.weight"])
+    weights = newest_checkpoint(whole, 0)["learner"]["model"]
+    assert {k.split(".")[1] for k in weights if k.startswith("members.")} == {"0", "1"}
+    assert not torch.equal(weights["members.0.advantage.weight"], weights["members.1.advantage.weight"])
 
 
 # MetaWorld, 2 agents with 2 envs each: episodes of 10 agent steps, a checkpoint every 50 steps, learning from step 20

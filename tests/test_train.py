@@ -58,6 +58,7 @@ def test_a_run_resumed_before_learning_starts_maps_values_from_all_rewards_seen(
     assert newest_checkpoint(tmp_path / "split", 0)["learner"]["value_map"] == expected
     assert expected[1] < 0  # noisy rewards below 0 were seen: the map is not the default one
 
+
 def test_a_multirun_starts_one_job_per_combination_and_started_again_skips_finished_runs(tmp_path):
     sweep = ("--multirun", *TOY, "threads=1", "train_steps=200", "resume=auto", "seed=1,2",
              f"hydra.sweep.dir={tmp_path}")
