@@ -41,8 +41,9 @@ def eval_seed(seed: int) -> int:
     return seed * 1_000_000 + 999_999
 
 
-# MetaWorld 3.1.1's v3 tasks (`ALL_V3_ENVIRONMENTS`, in its order, without "-v3"), written out so that a task name
-# is checked, and a bad one refused, without importing MetaWorld and MuJoCo (tests/test_envs.py compares the two)
+# The names usable as `mw-<name>`: MetaWorld 3.1.1's v3 tasks (`ALL_V3_ENVIRONMENTS`, in its order, without
+# "-v3"), written out so that a task name is checked, and a bad one refused, without importing MetaWorld and MuJoCo
+# (tests/test_envs.py compares the two)
 METAWORLD_TASKS = (
     "assembly", "basketball", "bin-picking", "box-close", "button-press-topdown", "button-press-topdown-wall",
     "button-press", "button-press-wall", "coffee-button", "coffee-pull", "coffee-push", "dial-turn", "disassemble",
@@ -53,11 +54,6 @@ METAWORLD_TASKS = (
     "stick-pull", "push", "push-wall", "push-back", "reach", "reach-wall", "shelf-place", "sweep-into", "sweep",
     "window-open", "window-close",
 )
-
-
-def metaworld_tasks() -> list[str]:
-    """All MetaWorld v3 task names usable as `mw-<name>`."""
-    return list(METAWORLD_TASKS)
 
 
 def _expert_class(name: str):
@@ -208,13 +204,13 @@ def make_task(name: str, action_repeat: int = 2, episode_length: int = 100) -> T
     """Build the `Task` for a task name; raises ConfigError for an unknown or unusable one."""
     if name.startswith(MW_PREFIX):
         short = name[len(MW_PREFIX):]
-        if short not in metaworld_tasks():
+        if short not in METAWORLD_TASKS:
             unversioned = re.sub(r"-v\d+$", "", short)  # MetaWorld's own env names end in -v3: dqt's do not
-            if unversioned in metaworld_tasks():
+            if unversioned in METAWORLD_TASKS:
                 raise ConfigError(f"task={name!r} is not allowed: MetaWorld tasks are named without their "
                                   f"version (always v3): task={MW_PREFIX}{unversioned}")
             raise ConfigError(f"task={name!r} is not allowed: expected mw-<name> with <name> one of "
-                              + ", ".join(metaworld_tasks()) + ", or gym:<env id>")
+                              + ", ".join(METAWORLD_TASKS) + ", or gym:<env id>")
         if episode_length * action_repeat > 500:
             raise ConfigError(f"episode_length={episode_length} is not allowed with action_repeat={action_repeat}: "
                               "MetaWorld episodes end at 500 env steps (episode_length * action_repeat <= 500)")
@@ -229,7 +225,7 @@ def make_task(name: str, action_repeat: int = 2, episode_length: int = 100) -> T
             first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise ConfigError(f"task={name!r} is not allowed: gymnasium cannot make {env_id!r} ({first_line})")
     raise ConfigError(f"task={name!r} is not allowed: expected mw-<name> with <name> one of "
-                      + ", ".join(metaworld_tasks()) + ", or gym:<env id>")
+                      + ", ".join(METAWORLD_TASKS) + ", or gym:<env id>")
 
 
 def check_task(name: str, demos: int, action_repeat: int = 2, episode_length: int = 100) -> Task:
