@@ -85,6 +85,28 @@ def from_bins(index: torch.Tensor, bins: int) -> torch.Tensor:
     return index.float() * (2.0 / (bins - 1)) - 1.0
 
 
+def to_tokens(bins: torch.Tensor, token_bins: int, levels: int) -> torch.Tensor:
+    """Per-dimension bins [..., d] -> the tokens a coarse-to-fine decode chooses, [..., d * levels] (long).
+
+    Bin b of `token_bins ** levels` is written in base `token_bins`, most significant digit first: dimension
+    i's tokens are i * levels .. i * levels + levels - 1, the first picks one of `token_bins` equal slices of
+    the dimension's bins, each next one a slice of that slice (Seo et al. 2024, coarse-to-fine Q-learning).
+    levels = 1: the bins themselves.
+    """
+    if levels == 1:
+        return bins
+    powers = token_bins ** torch.arange(levels - 1, -1, -1, device=bins.device)
+    return (bins.unsqueeze(-1) // powers % token_bins).flatten(-2)
+
+
+def from_tokens(tokens: torch.Tensor, token_bins: int, levels: int) -> torch.Tensor:
+    """The inverse of `to_tokens`: tokens [..., d * levels] -> per-dimension bins [..., d]."""
+    if levels == 1:
+        return tokens
+    powers = token_bins ** torch.arange(levels - 1, -1, -1, device=tokens.device)
+    return (tokens.unflatten(-1, (-1, levels)) * powers).sum(-1)
+
+
 def nstep_returns(rewards: torch.Tensor, terminated: bool, n: int, discount: float,
                   explored: torch.Tensor | None = None):
     """n-step sums and bootstrap discounts for one stored episode of T rewards (Sec. 4.3, n-step returns).

@@ -27,6 +27,17 @@ BAD_DATA = ("error", "drop")
 LIST_KEYS = ("faults.agents", "noise.agents", "wandb.tags")  # the only keys whose value may be a list
 
 
+def token_bins(bins: int, levels: int) -> int:
+    """The bins of each token when `bins` per action dimension are chosen in `levels` tokens (`model.levels`):
+    the integer `levels`-th root of `bins`; ValueError if there is none >= 2."""
+    root = round(bins ** (1.0 / levels))
+    for candidate in (root - 1, root, root + 1):
+        if candidate >= 2 and candidate ** levels == bins:
+            return candidate
+    raise ValueError(f"bins={bins} is not allowed with model.levels={levels}: expected an integer >= 2 to the "
+                     f"power {levels} (e.g. bins={3 ** levels}), each token choosing among that integer's bins")
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -159,6 +170,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.dueling": _bool(),
     "model.critics": _int_or_auto(1),
     "model.critic_backup": _choice(*CRITIC_BACKUPS),
+    "model.levels": _int(1, 16),
     "lr": _float_or_auto(0, lo_open=True),
     "weight_decay": _float(0),
     "grad_clip": _float(0),
@@ -308,6 +320,10 @@ def validate(cfg: DictConfig, world_size: int | None = None) -> dict:
         raise ConfigError(
             f"seed_steps={plain['seed_steps']} is not allowed: expected at most train_steps={plain['train_steps']}"
         )
+    try:
+        token_bins(plain["bins"], plain["model"]["levels"])
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     if plain["model"]["dim"] % plain["model"]["heads"]:
         raise ConfigError(
             f"model.heads={plain['model']['heads']} is not allowed: expected a divisor of model.dim={plain['model']['dim']}"

@@ -103,15 +103,15 @@ class Learner:
 
         `scheduled=False` (pretraining) leaves the LR schedule where it is: it counts online updates only.
         """
-        obs, bins = batch["obs"], batch["bins"]
-        q = self.online(obs, bins[:, :-1], every_critic=True)  # [B, d, critics, bins]
-        y = self.targets(batch, q.detach().mean(-2))
+        obs, tokens = batch["obs"], self.module.action_tokens(batch["bins"])  # levels = 1: the bins themselves
+        q = self.online(obs, tokens[:, :-1], every_critic=True)  # [B, tokens, critics, token_bins]
+        y = self.targets(batch, q.detach().mean(-2), tokens)
         # the conservative term keeps Q inside the support of a fixed dataset (the paper's offline setting):
         # by default the demonstrations; on the agents' own data it would pull values towards 0 as they improve
         rows = None if self.cfg["conservative_rows"] == "all" else batch["demo"]
         critics = q.shape[-2]  # every critic learns the same targets: its own row per (dimension, critic)
         total, td, conservative, q_data = algorithm.loss(
-            q.flatten(1, 2), bins.repeat_interleave(critics, dim=1), y.repeat_interleave(critics, dim=1),
+            q.flatten(1, 2), tokens.repeat_interleave(critics, dim=1), y.repeat_interleave(critics, dim=1),
             self.cfg["conservative_weight"], rows, self.cfg["excess_weight"])
 
         self.optimizer.zero_grad(set_to_none=True)
@@ -165,13 +165,17 @@ class Learner:
                 group["lr"] = lr
 
     @torch.inference_mode()  # targets carry no gradient; inference mode skips autograd bookkeeping
-    def targets(self, batch: dict[str, torch.Tensor], online_q: torch.Tensor) -> torch.Tensor:
-        """Bellman targets [B, d] for `batch`, given the online net's Q [B, d, bins] on it.
+    def targets(self, batch: dict[str, torch.Tensor], online_q: torch.Tensor,
+                tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Bellman targets [B, tokens] for `batch`, given the online net's Q [B, tokens, token_bins] on it and the
+        batch's bins as the model's tokens (None: `action_tokens` of them; with levels = 1 tokens are dimensions).
 
         Values at the bootstrap state s_{t+m} come from the batch's own forward passes where `successor`
         names a row holding s_{t+m}; only the other rows cost a (one-token) forward.
         """
-        obs, prefix, successor = batch["obs"], batch["bins"][:, :-1], batch["successor"]
+        if tokens is None:
+            tokens = self.module.action_tokens(batch["bins"])
+        obs, prefix, successor = batch["obs"], tokens[:, :-1], batch["successor"]
         double_q = self.cfg["double_q"]
         features = self.target.features(obs, prefix)
         alone, in_batch = successor < 0, successor.clamp(min=0)

@@ -2,13 +2,19 @@
 
 Token 0 is the encoded state; token i > 0 embeds the chosen bin of action dimension i-1. Causal attention
 means output i sees the state and the bins of dimensions < i, so it gives Q(s, a_1..a_{i-1}, a_i = b) for
-every bin b of dimension i (Chebotar et al. 2023, Sec. 4.1). The model knows nothing of torch.distributed.
+every bin b of dimension i (Chebotar et al. 2023, Sec. 4.1). With `levels` > 1 (coarse to fine) each
+dimension's bin is chosen in `levels` tokens of `token_bins` each (`algorithm.to_tokens`), and the sequence
+is over those tokens; callers pass and receive per-dimension bins, converted by `action_tokens` and
+`greedy_bins`. The model knows nothing of torch.distributed.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from dqt.algorithm import from_tokens, to_tokens
+from dqt.config import token_bins
 
 CRITIC_BACKUPS = ("min", "mean")  # model.critic_backup: how several critics combine into the value a backup takes
 
@@ -55,32 +61,40 @@ class CausalBlock(nn.Module):
 
 
 class QTransformer(nn.Module):
-    """Autoregressive Q-function over `action_dims` discretised dimensions of `bins` bins each."""
+    """Autoregressive Q-function over `action_dims` discretised dimensions of `bins` bins each, chosen in
+    `levels` tokens per dimension (coarse to fine; 1 = one token per dimension, as in the paper)."""
 
     def __init__(self, obs_dim: int, action_dims: int, bins: int, dim: int = 128, depth: int = 2,
-                 heads: int = 4, dueling: bool = False):
+                 heads: int = 4, dueling: bool = False, levels: int = 1):
         super().__init__()
         self.action_dims, self.bins, self.dueling = action_dims, bins, dueling
+        self.levels, self.token_bins = levels, token_bins(bins, levels)
+        self.tokens = action_dims * levels  # the sequence: every token below is one of these, not a dimension
         self.encoder = nn.Sequential(nn.Linear(obs_dim, dim), nn.LayerNorm(dim), nn.GELU(), nn.Linear(dim, dim))
-        self.bin_embedding = nn.Embedding(action_dims * bins, dim)  # a separate table per dimension
-        self.position = nn.Parameter(torch.zeros(action_dims, dim))
+        self.bin_embedding = nn.Embedding(self.tokens * self.token_bins, dim)  # a separate table per token
+        self.position = nn.Parameter(torch.zeros(self.tokens, dim))
         self.blocks = nn.ModuleList(CausalBlock(dim, heads) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
-        self.advantage = nn.Linear(dim, bins)
+        self.advantage = nn.Linear(dim, self.token_bins)
         self.value = nn.Linear(dim, 1) if dueling else None
         nn.init.normal_(self.position, std=0.02)
 
     def forward(self, obs: torch.Tensor, prefix_bins: torch.Tensor, every_critic: bool = False) -> torch.Tensor:
-        """Q-values [B, k+1, bins] for dimensions 0..k given obs [B, obs_dim] and prefix_bins [B, k] (k < d);
-        with `every_critic`, [B, k+1, 1, bins]: the one critic's, as `Critics` gives each of its own."""
+        """Q-values [B, k+1, token_bins] for tokens 0..k given obs [B, obs_dim] and the prefix's tokens [B, k]
+        (k < tokens; with levels = 1 tokens are dimensions and token_bins = bins); with `every_critic`,
+        [B, k+1, 1, token_bins]: the one critic's, as `Critics` gives each of its own."""
         q = self.head(self.features(obs, prefix_bins))
         return q.unsqueeze(-2) if every_critic else q
+
+    def action_tokens(self, bins: torch.Tensor) -> torch.Tensor:
+        """Per-dimension bins [..., action_dims] -> this model's tokens [..., tokens] (`algorithm.to_tokens`)."""
+        return to_tokens(bins, self.token_bins, self.levels)
 
     def features(self, obs: torch.Tensor, prefix_bins: torch.Tensor) -> torch.Tensor:
         """The head's input [B, k+1, dim] for forward()'s arguments."""
         k = prefix_bins.shape[1]
         state = self.encoder(obs).unsqueeze(1)
-        offsets = torch.arange(k, device=prefix_bins.device) * self.bins  # a separate table per dimension
+        offsets = torch.arange(k, device=prefix_bins.device) * self.token_bins  # a separate table per token
         tokens = torch.cat([state, self.bin_embedding(prefix_bins + offsets)], dim=1)
         x = tokens + self.position[: k + 1]
         for block in self.blocks:
@@ -127,12 +141,18 @@ class Critics(nn.Module):
             raise ValueError(f"backup={backup!r}: expected one of {', '.join(CRITIC_BACKUPS)}")
         self.backup = backup
         self.members = nn.ModuleList(QTransformer(*args, **kwargs) for _ in range(critics))
-        self.action_dims, self.bins = self.members[0].action_dims, self.members[0].bins
+        first = self.members[0]
+        self.action_dims, self.bins, self.levels, self.token_bins, self.tokens = (
+            first.action_dims, first.bins, first.levels, first.token_bins, first.tokens)
 
     def forward(self, obs: torch.Tensor, prefix_bins: torch.Tensor, every_critic: bool = False) -> torch.Tensor:
         """The mean Q-values [B, k+1, bins] over the critics; with `every_critic` each one's, [B, k+1, critics, bins]."""
         q = self.critic_values(self.features(obs, prefix_bins))
         return q if every_critic else q.mean(-2)
+
+    def action_tokens(self, bins: torch.Tensor) -> torch.Tensor:
+        """Per-dimension bins [..., action_dims] -> tokens [..., tokens] (`QTransformer.action_tokens`)."""
+        return self.members[0].action_tokens(bins)
 
     def features(self, obs: torch.Tensor, prefix_bins: torch.Tensor) -> torch.Tensor:
         """Every critic's head input, [B, k+1, critics, dim]."""
@@ -168,14 +188,15 @@ def greedy_bins(model: QTransformer | Critics, obs: torch.Tensor) -> torch.Tenso
     """Greedy autoregressive decode [B, d]: bin i = argmax of the same head training uses, given bins < i.
 
     Each step feeds one new token through the blocks, attending to the keys and values cached from the
-    tokens before it, so acting costs d single-token passes rather than d growing prefixes. With `Critics`,
-    every critic decodes the same bins and the argmax is of their mean.
+    tokens before it, so acting costs one single-token pass per token rather than growing prefixes. With
+    `Critics`, every critic decodes the same bins and the argmax is of their mean. With levels > 1 the
+    argmax is taken token by token (coarse to fine) and the tokens are returned as per-dimension bins.
     """
     members = list(model.members) if isinstance(model, Critics) else [model]
     xs = [member.encoder(obs) + member.position[0] for member in members]
     caches: list = [[None] * len(member.blocks) for member in members]
     chosen = []
-    for i in range(model.action_dims):
+    for i in range(model.tokens):
         qs = []
         for c, member in enumerate(members):
             x = xs[c]
@@ -184,6 +205,6 @@ def greedy_bins(model: QTransformer | Critics, obs: torch.Tensor) -> torch.Tenso
             qs.append(member.head(member.norm(x)))
         bins = (qs[0] if len(qs) == 1 else torch.stack(qs, dim=-2).mean(-2)).argmax(-1)
         chosen.append(bins)
-        if i + 1 < model.action_dims:
-            xs = [member.bin_embedding(bins + i * member.bins) + member.position[i + 1] for member in members]
-    return torch.stack(chosen, dim=1)
+        if i + 1 < model.tokens:
+            xs = [member.bin_embedding(bins + i * member.token_bins) + member.position[i + 1] for member in members]
+    return from_tokens(torch.stack(chosen, dim=1), model.token_bins, model.levels)

@@ -335,8 +335,48 @@ def test_values_at_paired_bootstrap_states_equal_their_own_forward(double_q):
     assert not torch.allclose(wrong[0], alone[0], rtol=0, atol=1e-4)  # a wrong pairing would show
 
 
+def test_learner_with_levels_is_the_learner_of_the_token_sequence():
+    # model.levels=2, bins 9 = 3^2 per dimension: the learner must see exactly what a one-level model over
+    # 2 x 2 = 4 "dimensions" of 3 bins sees when the batch holds the tokens (same weights, same shapes)
+    torch.manual_seed(0)
+    coarse_to_fine = QTransformer(obs_dim=3, action_dims=2, bins=9, dim=16, depth=1, heads=2, levels=2)
+    flat = QTransformer(obs_dim=3, action_dims=4, bins=3, dim=16, depth=1, heads=2)
+    flat.load_state_dict(coarse_to_fine.state_dict())
+    batch = _batch(torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    batch["bins"] = torch.tensor([[0, 8], [4, 5], [7, 1], [3, 6]])
+    tokens = torch.tensor([[0, 0, 2, 2], [1, 1, 1, 2], [2, 1, 0, 1], [1, 0, 2, 0]])  # bin = 3 * first + second
+    assert torch.equal(coarse_to_fine.action_tokens(batch["bins"]), tokens)
+    q = coarse_to_fine(batch["obs"], tokens[:, :-1]).detach()
+    assert q.shape == (4, 4, 3)
+    ours = Learner(coarse_to_fine, coarse_to_fine, LEARNER_CFG, total_updates=10)
+    theirs = Learner(flat, flat, LEARNER_CFG, total_updates=10)
+    assert torch.equal(ours.targets(batch, q), theirs.targets({**batch, "bins": tokens}, q))
+    assert ours.update(batch) == theirs.update({**batch, "bins": tokens})
+    for mine, other in zip(coarse_to_fine.parameters(), flat.parameters()):
+        assert torch.equal(mine, other)
+
+
 # --------------------------------------------------------------------------------------------------
 # Action discretisation
+
+
+def test_tokens_are_the_bins_digits_most_significant_first():
+    # 27 = 3^3 bins: 14 = 1*9 + 1*3 + 2, 5 = 0*9 + 1*3 + 2, 0 and 26 the ends; dimension 0's tokens come first
+    bins = torch.tensor([[14, 5], [0, 26]])
+    assert algorithm.to_tokens(bins, 3, 3).tolist() == [[1, 1, 2, 0, 1, 2], [0, 0, 0, 2, 2, 2]]
+    assert algorithm.from_tokens(torch.tensor([[1, 1, 2, 0, 1, 2]]), 3, 3).tolist() == [[14, 5]]
+    assert torch.equal(algorithm.to_tokens(bins, 27, 1), bins)  # one level: the bins themselves
+
+
+@pytest.mark.parametrize("token_bins, levels", [(2, 4), (3, 2), (4, 3)])
+def test_tokens_round_trip_every_bin_and_the_first_picks_a_contiguous_slice(token_bins, levels):
+    every = torch.arange(token_bins ** levels).reshape(-1, 1).repeat(1, 2)
+    tokens = algorithm.to_tokens(every, token_bins, levels)
+    assert tokens.shape == (token_bins ** levels, 2 * levels)
+    assert tokens.min() == 0 and tokens.max() == token_bins - 1
+    assert torch.equal(algorithm.from_tokens(tokens, token_bins, levels), every)
+    # the coarse token splits the bins (evenly spaced actions) into token_bins runs of neighbours
+    assert torch.equal(tokens[:, 0], every[:, 0] // token_bins ** (levels - 1))
 
 
 def test_to_bins_ends_and_centre():

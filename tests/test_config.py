@@ -73,6 +73,7 @@ BAD = [
     (["num_agents=2", "faults.agents=[0,1]"], "faults.agents=[0, 1] is not allowed with num_agents=2"),
     (["demos=3"], "demos=3 is not allowed for task='gym:toy_env:Combo-v0'"),  # no scripted expert
     (["model.dim=128", "model.heads=3"], "model.heads=3 is not allowed"),
+    (["bins=10", "model.levels=2"], "bins=10 is not allowed with model.levels=2"),
     (["train_steps=100", "seed_steps=200"], "seed_steps=200 is not allowed"),
     (["batch_size=512", "replay_size=256"], "batch_size=512 is not allowed with replay_size=256"),
     (["batch_size=16", "replay_size=50", "episode_length=100"], "replay_size=50 is not allowed with episode_length=100"),
@@ -248,6 +249,18 @@ def test_learner_auto_keys_name_what_they_allow(override, allowed):
     with pytest.raises(ConfigError) as error:
         validate(_compose(override))
     assert allowed in str(error.value)
+
+
+def test_levels_take_bins_that_are_a_power_of_the_token_bins():
+    assert validate(_compose("bins=27", "model.levels=3"))["model"]["levels"] == 3
+    assert validate(_compose("bins=256", "model.levels=4"))["bins"] == 256  # the study's 256 as 4 tokens of 4
+    for bins, levels in ((10, 2), (256, 3), (2, 2)):
+        with pytest.raises(ConfigError) as error:
+            validate(_compose(f"bins={bins}", f"model.levels={levels}"))
+        assert str(error.value).startswith(f"bins={bins} is not allowed with model.levels={levels}: expected")
+    with pytest.raises(ConfigError) as error:
+        validate(_compose("model.levels=0"))
+    assert str(error.value).startswith("model.levels=0 is not allowed")
 
 
 def test_discount_one_is_allowed_with_gym_auto_reward_scale():

@@ -145,3 +145,30 @@ def test_q_network_is_one_transformer_for_one_critic():
     assert type(q_network(3, 2, 5, critics=1, critic_backup="mean", dim=8, depth=1, heads=2)) is QTransformer
     two = q_network(3, 2, 5, critics=2, dim=8, depth=1, heads=2)
     assert isinstance(two, Critics) and len(two.members) == 2 and two.backup == "min"
+
+
+@pytest.mark.parametrize("critics", [1, 2])
+def test_coarse_to_fine_decode_is_the_argmax_of_every_token(critics):
+    # bins 27 in 3 levels of 3 (model.levels): six tokens for two dimensions, argmax token by token
+    torch.manual_seed(5)
+    model = q_network(OBS_DIM, 2, 27, critics=critics, levels=3, dim=16, depth=2, heads=2).eval()
+    for member in (model.members if critics > 1 else [model]):
+        with torch.no_grad():
+            member.advantage.weight.mul_(10.0)
+    obs = torch.randn(32, OBS_DIM, generator=torch.Generator().manual_seed(9))
+    bins = greedy_bins(model, obs)
+    assert bins.shape == (32, 2) and bins.min() >= 0 and bins.max() < 27
+    tokens = model.action_tokens(bins)
+    with torch.no_grad():
+        q = model(obs, tokens[:, :-1])
+    assert q.shape == (32, 6, 3)
+    for i in range(6):
+        assert torch.equal(tokens[:, i], q[:, i].argmax(-1)), f"token {i}"
+    assert bins[:, 0].unique().numel() > 1 or bins[:, 1].unique().numel() > 1
+
+
+def test_levels_need_bins_that_are_a_power():
+    assert QTransformer(OBS_DIM, 2, 256, dim=16, heads=2, levels=4).token_bins == 4  # the study's 256 bins
+    assert QTransformer(OBS_DIM, 2, 256, dim=16, heads=2, levels=8).token_bins == 2
+    with pytest.raises(ValueError, match="bins=10 is not allowed with model.levels=2"):
+        QTransformer(OBS_DIM, 2, 10, dim=16, heads=2, levels=2)

@@ -178,3 +178,18 @@ def test_wandb_gets_the_configured_tags(tmp_path, monkeypatch):
     assert _start_wandb(cfg, tmp_path) == "run"
     assert seen["tags"] == ["scaling"] and seen["group"] == "scaling"
     assert seen["config"] is cfg  # the cell's keys, so a sweep's runs can be told apart on the dashboard
+
+
+def test_coarse_to_fine_run_stores_per_dimension_bins_and_learns_on_tokens(tmp_path):
+    # bins=9 model.levels=2: the network holds two tokens of 3 bins per dimension; acting, replay and
+    # evaluation keep the 9 per-dimension bins
+    run = run_train(*TOY, "bins=9", "model.levels=2", "train_steps=200", f"hydra.run.dir={tmp_path}")
+    assert run.returncode == 0, run.stderr[-3000:]
+    saved = newest_checkpoint(tmp_path, 0)
+    dims = saved["replay"]["bins"].shape[1]
+    weights = saved["learner"]["model"]  # gym: two critics (model.critics=auto), members.0 and members.1
+    assert weights["members.0.bin_embedding.weight"].shape[0] == dims * 2 * 3  # a table per token
+    assert weights["members.1.advantage.weight"].shape[0] == 3
+    stored = saved["replay"]["bins"][saved["replay"]["sampleable"]]
+    assert stored.max() == 8 and stored.min() == 0  # per-dimension bins, not tokens (which stop at 2)
+    assert saved["learner"]["updates"] == 40

@@ -24,6 +24,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--bins", type=int, default=cfg["bins"], help="bins per action dimension (the figures in the README: 256)")
     parser.add_argument("--double-q", choices=("true", "false"), default=str(cfg["double_q"]).lower(),
                         help="double-Q targets (costs one more 1-token forward of the online net)")
+    parser.add_argument("--levels", type=int, default=1, help="model.levels: tokens per action dimension (coarse to fine; "
+                        "--bins must be a power: --bins 256 --levels 4)")
     parser.add_argument("--critics", type=int, default=1, help="model.critics: independent networks, the lowest backs up (model.critic_backup=min)")
     parser.add_argument("--n-step-bound", choices=("true", "false"), default="false",
                         help="n_step_bound (the gym: learner's): two more 1-token forwards, of the target and online nets")
@@ -33,7 +35,7 @@ def main(argv: list[str]) -> None:
                         help="excess_weight (MetaWorld's learner: 1.0, the gym: learner's: 0)")
     args = parser.parse_args(argv)
     cfg["bins"] = args.bins
-    cfg["model"]["critics"] = args.critics
+    cfg["model"]["critics"], cfg["model"]["levels"] = args.critics, args.levels
     cfg["double_q"] = args.double_q == "true"
     cfg["n_step_bound"], cfg["target_clip"] = args.n_step_bound == "true", args.target_clip == "true"
     cfg["excess_weight"] = args.excess_weight
@@ -54,11 +56,12 @@ def main(argv: list[str]) -> None:
         return sample_mixed(replay, None, args.batch_size, 0.0, generator)
 
     batch = sample()
-    y = torch.rand(args.batch_size, dims)
+    tokens = model.action_tokens(batch["bins"])
+    y = torch.rand(args.batch_size, model.tokens)
 
     def forward_backward():
-        q = model(batch["obs"], batch["bins"][:, :-1])
-        total = algorithm.loss(q, batch["bins"], y, cfg["conservative_weight"])[0]
+        q = model(batch["obs"], tokens[:, :-1])
+        total = algorithm.loss(q, tokens, y, cfg["conservative_weight"])[0]
         model.zero_grad(set_to_none=True)
         total.backward()
 
@@ -67,7 +70,8 @@ def main(argv: list[str]) -> None:
 
     fb, up, draw = median_times([forward_backward, update, sample], args.repeats)
     params = sum(p.numel() for p in model.parameters())
-    print(f"model: {params:,} parameters (dim={cfg['model']['dim']}, depth={cfg['model']['depth']}, bins={bins}), "
+    print(f"model: {params:,} parameters (dim={cfg['model']['dim']}, depth={cfg['model']['depth']}, bins={bins}, "
+          f"levels={args.levels}), "
           f"batch {args.batch_size}, {args.threads} thread(s), double_q={args.double_q}, critics={args.critics}, "
           f"n_step_bound={args.n_step_bound}, target_clip={args.target_clip}, excess_weight={args.excess_weight:g}")
     print(f"forward+backward (online net)   {fb * 1e3:8.2f} ms")

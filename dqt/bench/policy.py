@@ -124,9 +124,9 @@ def replay(run_dir: Path, step: int | None = None) -> dict:
                  torch.device("cpu"), record)
     record.sort(key=lambda e: e["episode"])
     first_obs = torch.as_tensor(np.stack([e["first_obs"] for e in record]), dtype=torch.float32)
-    first_bins = torch.tensor([e["bins"][0] for e in record])
+    first_tokens = model.action_tokens(torch.tensor([e["bins"][0] for e in record]))
     with torch.inference_mode():  # the last token's Q at the greedy bins: the value of the whole greedy action
-        q = model(first_obs, first_bins[:, :-1])[:, -1].gather(-1, first_bins[:, -1:]).squeeze(-1)
+        q = model(first_obs, first_tokens[:, :-1])[:, -1].gather(-1, first_tokens[:, -1:]).squeeze(-1)
     counts = collections.Counter(b for e in record for b in e["bins"])
     steps = sum(counts.values())
     actions = [(tuple(round(float(a), 3) for a in from_bins(torch.tensor(b), cfg["bins"])), n / steps)
