@@ -95,16 +95,19 @@ def to_tokens(bins: torch.Tensor, token_bins: int, levels: int) -> torch.Tensor:
     """
     if levels == 1:
         return bins
-    powers = token_bins ** torch.arange(levels - 1, -1, -1, device=bins.device)
-    return (bins.unsqueeze(-1) // powers % token_bins).flatten(-2)
+    return (bins.unsqueeze(-1) // _place_values(token_bins, levels, bins.device) % token_bins).flatten(-2)
 
 
 def from_tokens(tokens: torch.Tensor, token_bins: int, levels: int) -> torch.Tensor:
     """The inverse of `to_tokens`: tokens [..., d * levels] -> per-dimension bins [..., d]."""
     if levels == 1:
         return tokens
-    powers = token_bins ** torch.arange(levels - 1, -1, -1, device=tokens.device)
-    return (tokens.unflatten(-1, (-1, levels)) * powers).sum(-1)
+    return (tokens.unflatten(-1, (-1, levels)) * _place_values(token_bins, levels, tokens.device)).sum(-1)
+
+
+def _place_values(token_bins: int, levels: int, device: torch.device) -> torch.Tensor:
+    """What one unit of each token is worth in bins, coarsest first: token_bins^(levels-1), ..., 1."""
+    return token_bins ** torch.arange(levels - 1, -1, -1, device=device)
 
 
 def nstep_returns(rewards: torch.Tensor, terminated: bool, n: int, discount: float,

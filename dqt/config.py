@@ -35,7 +35,7 @@ def token_bins(bins: int, levels: int) -> int:
         if candidate >= 2 and candidate ** levels == bins:
             return candidate
     raise ValueError(f"bins={bins} is not allowed with model.levels={levels}: expected an integer >= 2 to the "
-                     f"power {levels} (e.g. bins={3 ** levels}), each token choosing among that integer's bins")
+                     f"power {levels} (e.g. bins={2 ** levels}), each token choosing among that integer's bins")
 
 
 def _is_int(v: Any) -> bool:

@@ -109,7 +109,7 @@ class Learner:
         # the conservative term keeps Q inside the support of a fixed dataset (the paper's offline setting):
         # by default the demonstrations; on the agents' own data it would pull values towards 0 as they improve
         rows = None if self.cfg["conservative_rows"] == "all" else batch["demo"]
-        critics = q.shape[-2]  # every critic learns the same targets: its own row per (dimension, critic)
+        critics = q.shape[-2]  # every critic learns the same targets: its own row per (token, critic)
         total, td, conservative, q_data = algorithm.loss(
             q.flatten(1, 2), tokens.repeat_interleave(critics, dim=1), y.repeat_interleave(critics, dim=1),
             self.cfg["conservative_weight"], rows, self.cfg["excess_weight"])

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dqt.algorithm import from_tokens, to_tokens
-from dqt.config import token_bins
+from dqt.config import token_bins as root_bins
 
 CRITIC_BACKUPS = ("min", "mean")  # model.critic_backup: how several critics combine into the value a backup takes
 
@@ -68,7 +68,7 @@ class QTransformer(nn.Module):
                  heads: int = 4, dueling: bool = False, levels: int = 1):
         super().__init__()
         self.action_dims, self.bins, self.dueling = action_dims, bins, dueling
-        self.levels, self.token_bins = levels, token_bins(bins, levels)
+        self.levels, self.token_bins = levels, root_bins(bins, levels)
         self.tokens = action_dims * levels  # the sequence: every token below is one of these, not a dimension
         self.encoder = nn.Sequential(nn.Linear(obs_dim, dim), nn.LayerNorm(dim), nn.GELU(), nn.Linear(dim, dim))
         self.bin_embedding = nn.Embedding(self.tokens * self.token_bins, dim)  # a separate table per token
@@ -79,37 +79,37 @@ class QTransformer(nn.Module):
         self.value = nn.Linear(dim, 1) if dueling else None
         nn.init.normal_(self.position, std=0.02)
 
-    def forward(self, obs: torch.Tensor, prefix_bins: torch.Tensor, every_critic: bool = False) -> torch.Tensor:
+    def forward(self, obs: torch.Tensor, prefix_tokens: torch.Tensor, every_critic: bool = False) -> torch.Tensor:
         """Q-values [B, k+1, token_bins] for tokens 0..k given obs [B, obs_dim] and the prefix's tokens [B, k]
         (k < tokens; with levels = 1 tokens are dimensions and token_bins = bins); with `every_critic`,
         [B, k+1, 1, token_bins]: the one critic's, as `Critics` gives each of its own."""
-        q = self.head(self.features(obs, prefix_bins))
+        q = self.head(self.features(obs, prefix_tokens))
         return q.unsqueeze(-2) if every_critic else q
 
     def action_tokens(self, bins: torch.Tensor) -> torch.Tensor:
         """Per-dimension bins [..., action_dims] -> this model's tokens [..., tokens] (`algorithm.to_tokens`)."""
         return to_tokens(bins, self.token_bins, self.levels)
 
-    def features(self, obs: torch.Tensor, prefix_bins: torch.Tensor) -> torch.Tensor:
+    def features(self, obs: torch.Tensor, prefix_tokens: torch.Tensor) -> torch.Tensor:
         """The head's input [B, k+1, dim] for forward()'s arguments."""
-        k = prefix_bins.shape[1]
+        k = prefix_tokens.shape[1]
         state = self.encoder(obs).unsqueeze(1)
-        offsets = torch.arange(k, device=prefix_bins.device) * self.token_bins  # a separate table per token
-        tokens = torch.cat([state, self.bin_embedding(prefix_bins + offsets)], dim=1)
+        offsets = torch.arange(k, device=prefix_tokens.device) * self.token_bins  # a separate table per token
+        tokens = torch.cat([state, self.bin_embedding(prefix_tokens + offsets)], dim=1)
         x = tokens + self.position[: k + 1]
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
-        """Q-values [..., bins] of every bin from features [..., dim]."""
+        """Q-values [..., token_bins] of every bin of a token from features [..., dim]."""
         q = self.advantage(features)
         if self.value is not None:
             q = self.value(features) + q - q.mean(-1, keepdim=True)
         return q
 
     def backup_values(self, features: torch.Tensor) -> torch.Tensor:
-        """The value a backup takes for every bin, [..., bins]: with one critic, `head` itself."""
+        """The value a backup takes for every bin, [..., token_bins]: with one critic, `head` itself."""
         return self.head(features)
 
     def head_at(self, features: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
@@ -145,28 +145,29 @@ class Critics(nn.Module):
         self.action_dims, self.bins, self.levels, self.token_bins, self.tokens = (
             first.action_dims, first.bins, first.levels, first.token_bins, first.tokens)
 
-    def forward(self, obs: torch.Tensor, prefix_bins: torch.Tensor, every_critic: bool = False) -> torch.Tensor:
-        """The mean Q-values [B, k+1, bins] over the critics; with `every_critic` each one's, [B, k+1, critics, bins]."""
-        q = self.critic_values(self.features(obs, prefix_bins))
+    def forward(self, obs: torch.Tensor, prefix_tokens: torch.Tensor, every_critic: bool = False) -> torch.Tensor:
+        """The mean Q-values [B, k+1, token_bins] over the critics; with `every_critic` each one's, [B, k+1, critics,
+        token_bins]."""
+        q = self.critic_values(self.features(obs, prefix_tokens))
         return q if every_critic else q.mean(-2)
 
     def action_tokens(self, bins: torch.Tensor) -> torch.Tensor:
         """Per-dimension bins [..., action_dims] -> tokens [..., tokens] (`QTransformer.action_tokens`)."""
         return self.members[0].action_tokens(bins)
 
-    def features(self, obs: torch.Tensor, prefix_bins: torch.Tensor) -> torch.Tensor:
+    def features(self, obs: torch.Tensor, prefix_tokens: torch.Tensor) -> torch.Tensor:
         """Every critic's head input, [B, k+1, critics, dim]."""
-        return torch.stack([member.features(obs, prefix_bins) for member in self.members], dim=-2)
+        return torch.stack([member.features(obs, prefix_tokens) for member in self.members], dim=-2)
 
     def critic_values(self, features: torch.Tensor) -> torch.Tensor:
-        """Every critic's Q-values [..., critics, bins] from features [..., critics, dim]."""
+        """Every critic's Q-values [..., critics, token_bins] from features [..., critics, dim]."""
         return torch.stack([member.head(features[..., c, :]) for c, member in enumerate(self.members)], dim=-2)
 
     def _combine(self, q: torch.Tensor, dim: int) -> torch.Tensor:
         return q.amin(dim) if self.backup == "min" else q.mean(dim)
 
     def backup_values(self, features: torch.Tensor) -> torch.Tensor:
-        """The critics' backed-up Q-value of every bin, [..., bins]: the lowest (or with backup="mean" the mean)."""
+        """The critics' backed-up Q-value of every bin, [..., token_bins]: the lowest (or with backup="mean" the mean)."""
         return self._combine(self.critic_values(features), -2)
 
     def head_at(self, features: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
@@ -203,8 +204,8 @@ def greedy_bins(model: QTransformer | Critics, obs: torch.Tensor) -> torch.Tenso
             for j, block in enumerate(member.blocks):
                 x, caches[c][j] = block.decode_step(x, caches[c][j])
             qs.append(member.head(member.norm(x)))
-        bins = (qs[0] if len(qs) == 1 else torch.stack(qs, dim=-2).mean(-2)).argmax(-1)
-        chosen.append(bins)
+        token = (qs[0] if len(qs) == 1 else torch.stack(qs, dim=-2).mean(-2)).argmax(-1)
+        chosen.append(token)
         if i + 1 < model.tokens:
-            xs = [member.bin_embedding(bins + i * member.token_bins) + member.position[i + 1] for member in members]
+            xs = [member.bin_embedding(token + i * member.token_bins) + member.position[i + 1] for member in members]
     return from_tokens(torch.stack(chosen, dim=1), model.token_bins, model.levels)

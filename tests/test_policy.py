@@ -36,6 +36,7 @@ def test_a_run_saved_before_a_key_existed_gets_the_value_it_ran_with(tmp_path):
                                                       "model:\n  dim: 32\n")
     cfg = policy.run_config(tmp_path)
     assert (cfg["model"]["critics"], cfg["n_step_bound"], cfg["target_clip"], cfg["model"]["dim"]) == (1, False, False, 32)
+    assert cfg["model"]["levels"] == 1  # before model.levels: one token per dimension
     (tmp_path / ".hydra" / "config.yaml").write_text("task: gym:Pendulum-v1\nnum_agents: 1\ndemos: 0\n"
                                                       "n_step_bound: auto\ntarget_clip: auto\nmodel:\n  critics: auto\n")
     cfg = policy.run_config(tmp_path)

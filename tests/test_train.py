@@ -180,7 +180,7 @@ def test_wandb_gets_the_configured_tags(tmp_path, monkeypatch):
     assert seen["config"] is cfg  # the cell's keys, so a sweep's runs can be told apart on the dashboard
 
 
-def test_coarse_to_fine_run_stores_per_dimension_bins_and_learns_on_tokens(tmp_path):
+def test_coarse_to_fine_run_stores_per_dimension_bins_and_holds_a_table_per_token(tmp_path):
     # bins=9 model.levels=2: the network holds two tokens of 3 bins per dimension; acting, replay and
     # evaluation keep the 9 per-dimension bins
     run = run_train(*TOY, "bins=9", "model.levels=2", "train_steps=200", f"hydra.run.dir={tmp_path}")

@@ -10,6 +10,7 @@ import torch
 
 from dqt import algorithm
 from dqt.bench.common import default_config, median_times
+from dqt.config import token_bins
 from dqt.learner import Learner
 from dqt.model import q_network
 from dqt.replay import EpisodeReplay, sample_mixed
@@ -34,6 +35,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--excess-weight", type=float, default=cfg["excess_weight"],
                         help="excess_weight (MetaWorld's learner: 1.0, the gym: learner's: 0)")
     args = parser.parse_args(argv)
+    try:
+        token_bins(args.bins, args.levels)
+    except ValueError as error:
+        parser.error(str(error).replace("model.levels", "--levels").replace("bins=", "--bins "))
     cfg["bins"] = args.bins
     cfg["model"]["critics"], cfg["model"]["levels"] = args.critics, args.levels
     cfg["double_q"] = args.double_q == "true"
