@@ -282,7 +282,7 @@ def test_two_critics_back_up_the_lowest_value_at_the_bin_their_mean_picks():
             .gather(-1, online[:, 1].argmax(-1, keepdim=True)).squeeze(-1)).abs().min() > 1e-3
     seen = []  # update() hands targets() the online critics' mean
     targets = learner.targets
-    learner.targets = lambda batch, online_q: seen.append(online_q) or targets(batch, online_q)
+    learner.targets = lambda batch, online_q, tokens: seen.append(online_q) or targets(batch, online_q, tokens)
     learner.update(batch)
     torch.testing.assert_close(seen[0], online, rtol=0, atol=1e-6)
     for member in model.members:
