@@ -10,7 +10,6 @@ import atexit
 import contextlib
 import gc
 import logging
-import multiprocessing.forkserver
 import os
 import sys
 import time
@@ -155,11 +154,6 @@ def launch(num_agents: int, entrypoint: Callable[..., Any], args: tuple, max_res
     # Elastic restarts with gloo fail in connectFullMesh when the rendezvous TCP store is shared.
     os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    # The agents fork from one server process that has imported torch and the worker once (a spawned agent
-    # imports them itself, and DDP's constructor imports torch._dynamo: seconds of CPU per agent, and per
-    # restart). A server, not a plain fork: the launcher runs the rendezvous store's threads.
-    multiprocessing.set_forkserver_preload([entrypoint.__module__, "torch._dynamo"])
-    multiprocessing.forkserver.ensure_running()  # it imports them while the launcher sets up the rendezvous
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -169,7 +163,7 @@ def launch(num_agents: int, entrypoint: Callable[..., Any], args: tuple, max_res
         rdzv_endpoint="localhost:0",
         max_restarts=max_restarts,
         monitor_interval=0.2,
-        start_method="forkserver",
+        start_method="spawn",
     )
     quiet = _QuietReportedFailures()
     logs = [logging.getLogger(name) for name in ("torch.distributed.elastic.multiprocessing.api",

@@ -23,19 +23,17 @@ TOY = ("demos=0", "episode_length=1", "action_repeat=1", "bins=8", "num_envs=4",
 
 
 def agent_pids(launcher: int) -> list[int]:
-    """The agents process `launcher` runs: its children in dqt.train (torchrun), or the children of its child
-    multiprocessing's fork server (dqt-train's elastic launcher, whose other child is the resource tracker)."""
-    children: dict[int, list[tuple[int, bytes]]] = {}
+    """The agents process `launcher` runs: its children in dqt.train (torchrun) or in multiprocessing's
+    spawn_main (dqt-train's elastic launcher, whose other child is multiprocessing's resource tracker)."""
+    pids = []
     for proc in Path("/proc").iterdir():
         try:
             parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            children.setdefault(parent, []).append((int(proc.name), (proc / "cmdline").read_bytes()))
+            command = (proc / "cmdline").read_bytes()
+            if parent == launcher and (b"spawn_main" in command or b"dqt.train" in command):
+                pids.append(int(proc.name))
         except (OSError, ValueError, IndexError):  # not a process, or one that has just exited
             pass
-    pids = [pid for pid, command in children.get(launcher, []) if b"dqt.train" in command]
-    for server, command in children.get(launcher, []):
-        if b"forkserver" in command:
-            pids += [pid for pid, _ in children.get(server, [])]
     return sorted(pids)
 
 
