@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,34 @@ def test_a_run_error_is_not_retried(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "returned reward=nan" in lines[0], result.stderr  # said once, by the first attempt
     assert "returned reward=nan" in (tmp_path / "STOPPED").read_text()
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists and has not exited (a zombie waits only to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the agents in /proc")
+def test_agents_stop_when_their_launcher_alone_is_killed(tmp_path):
+    # kill -9 of the launcher's pid only (an OOM kill, a supervisor that signals one pid): an agent left running
+    # would go on writing into the run directory, beside the run that resumes it
+    run_dir = tmp_path / "run"
+    job = start_train(*TOY, "task=gym:toy_env:SlowCombo-v0", "train_steps=500", f"hydra.run.dir={run_dir}",
+                      stderr=tmp_path / "stderr", new_session=True, env={"OMP_NUM_THREADS": "1"})
+    try:
+        wait_for_generation(job, run_dir, 100, tmp_path / "stderr")
+        agents = agent_pids(job.pid)
+        assert len(agents) == 2
+        job.kill()
+        job.wait()
+        deadline = time.monotonic() + 60
+        while any(_running(pid) for pid in agents) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_running(pid) for pid in agents)
+        assert generations.complete(run_dir)[0].step < 500  # they stopped mid-run, not at its end
+    finally:  # a failed test leaves no process behind
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(job.pid, signal.SIGKILL)
