@@ -1,5 +1,6 @@
 """Elastic restarts (max_restarts): a job whose agent is killed continues from its last complete checkpoint
-generation with each step once in metrics.jsonl; a job stopped by a RunError is not retried."""
+generation with each step once in metrics.jsonl; a job stopped by a RunError is not retried; agents whose launcher
+is killed stop with it."""
 from __future__ import annotations
 
 import contextlib
@@ -107,14 +108,16 @@ def test_agents_stop_when_their_launcher_alone_is_killed(tmp_path):
     try:
         wait_for_generation(job, run_dir, 100, tmp_path / "stderr")
         agents = agent_pids(job.pid)
-        assert len(agents) == 2
+        assert len(agents) == 2, (tmp_path / "stderr").read_text()[-3000:]
         job.kill()
         job.wait()
         deadline = time.monotonic() + 60
         while any(_running(pid) for pid in agents) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not any(_running(pid) for pid in agents)
-        assert generations.complete(run_dir)[0].step < 500  # they stopped mid-run, not at its end
+        assert not any(_running(pid) for pid in agents), (tmp_path / "stderr").read_text()[-3000:]
+        # 2 ms per env step: the run outlasts the kill on any machine, so agents that went on would reach 500
+        assert generations.complete(run_dir)[0].step < 500
     finally:  # a failed test leaves no process behind
         with contextlib.suppress(ProcessLookupError):
             os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
