@@ -24,13 +24,18 @@ TOY = ("demos=0", "episode_length=1", "action_repeat=1", "bins=8", "num_envs=4",
        "wandb.mode=disabled", "num_agents=2")
 
 
+def _stat(proc: Path) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (state, parent pid, ...); the name may hold spaces."""
+    return (proc / "stat").read_text().rsplit(")", 1)[1].split()
+
+
 def agent_pids(launcher: int) -> list[int]:
     """The agents process `launcher` runs: its children in dqt.train (torchrun) or in multiprocessing's
     spawn_main (dqt-train's elastic launcher, whose other child is multiprocessing's resource tracker)."""
     pids = []
     for proc in Path("/proc").iterdir():
         try:
-            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            parent = int(_stat(proc)[1])
             command = (proc / "cmdline").read_bytes()
             if parent == launcher and (b"spawn_main" in command or b"dqt.train" in command):
                 pids.append(int(proc.name))
@@ -93,7 +98,7 @@ def test_a_run_error_is_not_retried(tmp_path):
 def _running(pid: int) -> bool:
     """Whether process `pid` exists and has not exited (a zombie waits only to be reaped)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        return _stat(Path(f"/proc/{pid}"))[0] != "Z"
     except (OSError, IndexError):
         return False
 
