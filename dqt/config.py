@@ -99,7 +99,7 @@ def _float_or_auto(*args, **kwargs):
 
 
 def _reward_scale():
-    return (lambda v: v in ("auto", "map") or (_is_number(v) and v > 0)), "auto, map or a number > 0"
+    return (lambda v: v in ("auto", "map", "max") or (_is_number(v) and v > 0)), "auto, map, max or a number > 0"
 
 
 def _bool_or_auto():

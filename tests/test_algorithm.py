@@ -416,6 +416,21 @@ def test_value_map_explicit_number_only_multiplies():
     assert algorithm.value_map(3, 0.98, -5.0, 7.0) == algorithm.ValueMap(3.0, 0.0)
 
 
+def test_value_map_max_divides_by_the_largest_absolute_reward_seen():
+    # rewards seen in [-4, 2] (any discount): multiply by 1/4, nothing shifted, a terminal state stays 0
+    vmap = algorithm.value_map("max", 0.99, -4.0, 2.0)
+    assert vmap == algorithm.ValueMap(0.25, 0.0) and vmap.terminal == 0.0
+    assert algorithm.value_map("max", 0.5, 0.5, 2.0) == algorithm.ValueMap(0.5, 0.0)
+    # InvertedPendulum's reward of 1 every step leaves rewards exactly as they are
+    assert algorithm.value_map("max", 0.99, 1.0, 1.0) == algorithm.ValueMap(1.0, 0.0)
+
+
+def test_value_map_max_with_nothing_or_only_zeros_seen_leaves_rewards_alone():
+    assert algorithm.value_map("max", 0.99, 0.0, 0.0) == algorithm.ValueMap(1.0, 0.0)
+    # no reward seen on any agent: the worker's all-reduced range is (inf, -inf)
+    assert algorithm.value_map("max", 0.99, math.inf, -math.inf) == algorithm.ValueMap(1.0, 0.0)
+
+
 def test_value_map_with_nothing_but_zeros_seen_assumes_unit_rewards():
     assert algorithm.value_map("map", 0.5, 0.0, 0.0) == algorithm.ValueMap(0.5, 0.0)  # span 1 / (1 - 0.5)
 

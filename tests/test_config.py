@@ -240,7 +240,7 @@ def test_learner_auto_values_follow_the_suite_and_numbers_win():
     ("lr_schedule=cosine", "one of auto, constant"),
     ("lr=0", "auto or a number > 0"),
     ("excess_weight=-1", "auto or a number >= 0"),
-    ("reward_scale=scaled", "auto, map or a number > 0"),
+    ("reward_scale=scaled", "auto, map, max or a number > 0"),
     ("explore.kind=boltzmann", "one of auto, gaussian, eps"),
     ("model.critics=0", "auto or an integer >= 1"),
     ("model.critic_backup=max", "one of min, mean"),
@@ -269,6 +269,9 @@ def test_discount_one_is_allowed_with_gym_auto_reward_scale():
     with pytest.raises(ConfigError) as error:
         validate(_compose("task=gym:Pendulum-v1", "demos=0", "num_agents=1", "discount=1", "reward_scale=map"))
     assert str(error.value).startswith("discount=1 is not allowed with reward_scale=map")
+    # `max` only multiplies (1 / max |r|), so it needs no 1 - discount either
+    given = ("task=gym:Pendulum-v1", "demos=0", "num_agents=1", "discount=1", "reward_scale=max")
+    assert validate(_compose(*given))["reward_scale"] == "max"
 
 
 def test_updates_per_step_auto_is_half_with_demos_and_one_without():
