@@ -57,6 +57,9 @@ def test_a_run_resumed_before_learning_starts_maps_values_from_all_rewards_seen(
     expected = newest_checkpoint(tmp_path / "whole", 0)["learner"]["value_map"]
     assert newest_checkpoint(tmp_path / "split", 0)["learner"]["value_map"] == expected
     assert expected[1] < 0  # noisy rewards below 0 were seen: the map is not the default one
+    rows = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in rows if "train/loss" in r][-1]
+    assert [last["train/value_scale"], last["train/value_low"]] == expected  # logged as the learner holds it
 
 
 def test_a_multirun_starts_one_job_per_combination_and_started_again_skips_finished_runs(tmp_path):
