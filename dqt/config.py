@@ -307,8 +307,8 @@ def validate(cfg: DictConfig, world_size: int | None = None) -> dict:
     resolve_auto(plain)  # before the checks that read the resolved values
     if plain["reward_scale"] == "map" and plain["discount"] == 1:
         raise ConfigError(f"discount=1 is not allowed with reward_scale={reward_scale} (the value map, for "
-                          f"{plain['task']}): the value map divides by 1 - discount; set reward_scale to a number "
-                          "or discount < 1")
+                          f"{plain['task']}): the value map divides by 1 - discount; set reward_scale to max, a "
+                          "number or discount < 1")
     if plain["batch_size"] > plain["replay_size"]:
         raise ConfigError(f"batch_size={plain['batch_size']} is not allowed with replay_size={plain['replay_size']}: "
                           "expected batch_size <= replay_size")

@@ -282,8 +282,8 @@ def train_row(sums: torch.Tensor, episodes: list[tuple[float, float]], rewards: 
     row["train/skipped_steps"] = learner.skipped_steps
     row["train/dropped_steps"] = int(table[:, len(TRAIN_KEYS) + 1].sum().item())  # all agents, whole run
     row["train/lr"] = learner.optimizer.param_groups[0]["lr"]
-    # Q in reward units is q / value_scale + value_low: the map is fixed when learning starts (reward_scale)
-    row["train/value_scale"], row["train/value_low"] = learner.value_map.scale, learner.value_map.low
+    if learner.updates > 0:  # Q in reward units is q / value_scale + value_low, the map fixed when learning starts
+        row["train/value_scale"], row["train/value_low"] = learner.value_map.scale, learner.value_map.low
     noisy, noisy_sq, clean, clean_sq, steps = table[:, len(TRAIN_KEYS) + 2:-4].sum(0).tolist()
     if steps > 0:
         row["train/reward_mean"], row["train/reward_std"] = mean_std(noisy, noisy_sq, steps)

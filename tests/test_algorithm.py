@@ -421,6 +421,7 @@ def test_value_map_max_divides_by_the_largest_absolute_reward_seen():
     vmap = algorithm.value_map("max", 0.99, -4.0, 2.0)
     assert vmap == algorithm.ValueMap(0.25, 0.0) and vmap.terminal == 0.0
     assert algorithm.value_map("max", 0.5, 0.5, 2.0) == algorithm.ValueMap(0.5, 0.0)
+    assert algorithm.value_map("max", 0.98, 0.0, 20.0) == algorithm.ValueMap(0.05, 0.0)  # MetaWorld's bound, repeat 2
     # InvertedPendulum's reward of 1 every step leaves rewards exactly as they are
     assert algorithm.value_map("max", 0.99, 1.0, 1.0) == algorithm.ValueMap(1.0, 0.0)
 

@@ -60,6 +60,9 @@ def test_a_run_resumed_before_learning_starts_maps_values_from_all_rewards_seen(
     rows = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     last = [r for r in rows if "train/loss" in r][-1]
     assert [last["train/value_scale"], last["train/value_low"]] == expected  # logged as the learner holds it
+    train_rows = [r for r in rows if "train/lr" in r]
+    assert [r["updates"] > 0 for r in train_rows] == [False, True]  # the row at 100 comes before learning starts,
+    assert ["train/value_scale" in r for r in train_rows] == [False, True]  # when the map is not yet set
 
 
 def test_a_multirun_starts_one_job_per_combination_and_started_again_skips_finished_runs(tmp_path):
