@@ -22,10 +22,12 @@ def _train_row_on_two_ranks(rank: int, world_size: int) -> dict:
 
     import torch
 
+    from dqt.algorithm import ValueMap
     from dqt.worker import TRAIN_KEYS, train_row
 
     class Stub:
         updates, skipped_steps = 10, 0
+        value_map = ValueMap(0.5, -2.0)
         optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.25)
 
     sums = torch.tensor([float(rank + 1)] * len(TRAIN_KEYS) + [2.0], dtype=torch.float64)
@@ -53,6 +55,7 @@ def test_train_row_pools_rewards_episodes_and_reported_success_over_agents(tmp_p
     assert row["train/success_rate"] == pytest.approx(0.5)
     assert row["agent0/success_rate"] == pytest.approx(0.5) and "agent1/success_rate" not in row
     assert row["agent1/episode_return"] == pytest.approx(5.0)
+    assert (row["train/value_scale"], row["train/value_low"]) == (0.5, -2.0)  # the learner's map, as it holds it
 
 
 def test_window_sums_from_a_checkpoint_written_before_a_train_key_was_added():
