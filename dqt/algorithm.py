@@ -66,7 +66,7 @@ def value_map(reward_scale: float | str, discount: float, reward_low: float, rew
     onto [0, 1], with [r_lo, r_hi] the per-step reward range: the suite's bound where it has one (MetaWorld:
     [0, 10 * action_repeat], which gives scale (1 - gamma) / r_max, low 0), else the rewards seen before
     learning starts, over all agents. 0 is always in the range so a terminal state maps into [0, 1].
-    `max` multiplies rewards by 1 / max |r| over that range, so every step's reward lies in [-1, 1] and a
+    `max` multiplies rewards by 1 / max |r| over that range, so rewards within it land in [-1, 1] and a
     reward of 0 stays 0 (no shift).
     """
     if reward_scale == "max":
