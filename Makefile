@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 # unpinned torch (asked for by any dependency) pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
+# pytest workers (pytest-xdist): two fit this 2-core machine; TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
 
 .PHONY: run test setup bench clean
 
@@ -21,7 +23,7 @@ run: setup
 	$(BIN)/dqt-train $(ARGS)
 
 test: setup
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(ARGS)
 
 bench: setup
 	$(BIN)/dqt-bench learner && $(BIN)/dqt-bench rollout && $(BIN)/dqt-bench comm
