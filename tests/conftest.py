@@ -57,6 +57,13 @@ def newest_checkpoint(run_dir: str | Path, rank: int) -> dict:
     return torch.load(generations.complete(run_dir)[0].agent_file(rank), weights_only=True)
 
 
+def pytest_collection_modifyitems(items):
+    """The slow tests (runs in processes of their own) first, the quick in-process ones after: two xdist
+    workers then end together, the quick tests filling in, instead of one worker starting a minute-long run
+    while the other has run dry."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order within each
+
+
 @pytest.fixture
 def train():
     return run_train

@@ -8,6 +8,7 @@ takes about half a second.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import subprocess
 import sys
 
@@ -110,28 +111,37 @@ BAD_IDS = [" ".join(o) for o, _ in BAD]
 
 @pytest.fixture(scope="module")
 def refusal_runs(request, tmp_path_factory):
-    """The collected rows of BAD started two at a time: row -> (run dir, future of its CompletedProcess). A row
-    that hangs fails its own test (TimeoutExpired from `.result()`), not the others."""
-    wanted = {item.callspec.params["row"] for item in request.session.items
-              if item.getparent(pytest.Module) is request.node
-              and getattr(item, "originalname", None) == "test_bad_value_is_refused_in_one_line_before_anything_is_written"}
+    """Starts the rows of BAD: row -> (run dir, future of its CompletedProcess), two at a time. In one pytest
+    process every collected row starts at once; under pytest-xdist a row starts when its test asks for it, as
+    every worker collects every row and only runs its share. A row that hangs fails its own test
+    (TimeoutExpired from `.result()`), not the others."""
     root = tmp_path_factory.mktemp("refusals")
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
-    try:
-        runs = {}
-        for row in sorted(wanted):
+    runs = {}
+
+    def start(row: int):
+        if row not in runs:
             run_dir = root / str(row) / "run"
             runs[row] = run_dir, pool.submit(run_train, f"hydra.run.dir={run_dir}", *GUARDS, *BAD[row][0],
                                              timeout=120, env={var: None for var in TORCHRUN_VARS})
-        yield runs
+        return runs[row]
+
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        for item in request.session.items:
+            if (item.getparent(pytest.Module) is request.node and getattr(item, "originalname", None)
+                    == "test_bad_value_is_refused_in_one_line_before_anything_is_written"):
+                start(item.callspec.params["row"])
+    try:
+        yield start
     finally:  # a stopped or failed session does not wait for the rows still queued
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+@pytest.mark.slow  # a dqt-train process per row
 @pytest.mark.parametrize("row", range(len(BAD)), ids=BAD_IDS)
 def test_bad_value_is_refused_in_one_line_before_anything_is_written(row, refusal_runs):
     overrides, message = BAD[row]
-    run_dir, future = refusal_runs[row]
+    run_dir, future = refusal_runs(row)
     result = future.result()
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]

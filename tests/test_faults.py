@@ -24,24 +24,27 @@ def _rows(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_median_learns_with_one_of_four_agents_scaling_its_gradients_by_1e6(tmp_path):
-    result = run_train(*TOY, "num_agents=4", "train_steps=2000", "eval_every=2000", "log_every=2000",
+def test_median_learns_with_one_of_three_agents_scaling_its_gradients_by_1e6(tmp_path):
+    # three agents, not four: on two cores a fourth agent only adds time, and the median of three already
+    # has to leave the one scaled value out at every coordinate
+    result = run_train(*TOY, "num_agents=3", "train_steps=2000", "eval_every=2000", "log_every=2000",
                        "aggregation=median", "faults.agents=[1]", "faults.kind=scale", "faults.magnitude=1e6",
                        f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "dqt: warning" not in result.stderr  # 1 of 4 is within what the median tolerates
+    assert "dqt: warning" not in result.stderr  # 1 of 3 is within what the median tolerates
     rows = _rows(tmp_path)
     assert rows[-1]["train/skipped_steps"] == 0
     assert [r for r in rows if "eval/success_rate" in r][-1]["eval/success_rate"] >= 0.9
 
 
 def test_nan_agent_skips_every_mean_step_but_no_trimmed_mean_step(tmp_path):
-    common = (*TOY, "num_agents=4", "train_steps=200", "eval_every=200", "log_every=200", "faults.agents=[2]",
-              "faults.kind=nan")
+    # trim 0.34 of 3 agents drops one value at each end: floor(0.34 * 3) = 1 (0.25 would drop none)
+    common = (*TOY, "num_agents=3", "train_steps=200", "eval_every=200", "log_every=200", "faults.agents=[2]",
+              "faults.kind=nan", "aggregation_trim=0.34")
     mean_dir, trimmed_dir = tmp_path / "mean", tmp_path / "trimmed"
     mean = run_train(*common, "aggregation=mean", f"hydra.run.dir={mean_dir}")
     assert mean.returncode == 0, mean.stderr[-3000:]
-    assert "dqt: warning: 1 of 4 agents are faulty but rule 'mean'" in mean.stderr  # the mean tolerates no faulty agent
+    assert "dqt: warning: 1 of 3 agents are faulty but rule 'mean'" in mean.stderr  # the mean tolerates no faulty agent
     assert _rows(mean_dir)[-1]["train/skipped_steps"] == 50  # every one of (200 - 100) * 0.5 updates
     weights = newest_checkpoint(mean_dir, 0)["learner"]["model"]
     assert all(torch.isfinite(w).all() for w in weights.values())
