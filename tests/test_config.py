@@ -1,14 +1,13 @@
 """Tests of dqt.config: bad values through the real entry point, and `validate` on hydra-composed configs.
 
 The entry-point table runs `python -m dqt.train` (what `dqt-train` calls) in a subprocess per row, two rows
-at a time (a row is one core's worth of imports). A refusal happens before torch (or MetaWorld) is imported, so a row
-takes about half a second.
+at a time (two threads in one pytest process, or one row on each of two pytest-xdist workers). A refusal happens
+before torch (or MetaWorld) is imported, so a row takes about a second.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import subprocess
 import sys
 
@@ -111,10 +110,10 @@ BAD_IDS = [" ".join(o) for o, _ in BAD]
 
 @pytest.fixture(scope="module")
 def refusal_runs(request, tmp_path_factory):
-    """Starts the rows of BAD: row -> (run dir, future of its CompletedProcess), two at a time. In one pytest
-    process every collected row starts at once; under pytest-xdist a row starts when its test asks for it, as
-    every worker collects every row and only runs its share. A row that hangs fails its own test
-    (TimeoutExpired from `.result()`), not the others."""
+    """Starts the rows of BAD: row -> (run dir, future of its CompletedProcess). In one pytest process every
+    collected row is queued at once and two run at a time; on a pytest-xdist worker a row starts when its test
+    asks for it, as every worker collects every row but runs only its share (the workers side by side are the
+    two at a time). A row that hangs fails its own test (TimeoutExpired from `.result()`), not the others."""
     root = tmp_path_factory.mktemp("refusals")
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
     runs = {}
@@ -126,7 +125,7 @@ def refusal_runs(request, tmp_path_factory):
                                              timeout=120, env={var: None for var in TORCHRUN_VARS})
         return runs[row]
 
-    if "PYTEST_XDIST_WORKER" not in os.environ:
+    if not hasattr(request.config, "workerinput"):  # not a pytest-xdist worker
         for item in request.session.items:
             if (item.getparent(pytest.Module) is request.node and getattr(item, "originalname", None)
                     == "test_bad_value_is_refused_in_one_line_before_anything_is_written"):
@@ -137,7 +136,7 @@ def refusal_runs(request, tmp_path_factory):
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-@pytest.mark.slow  # a dqt-train process per row
+@pytest.mark.slow  # a dqt-train process per row: first in the queue (conftest)
 @pytest.mark.parametrize("row", range(len(BAD)), ids=BAD_IDS)
 def test_bad_value_is_refused_in_one_line_before_anything_is_written(row, refusal_runs):
     overrides, message = BAD[row]

@@ -77,7 +77,8 @@ def test_a_killed_job_resumed_logs_the_rows_of_the_uninterrupted_run(tmp_path):
 
 
 # MetaWorld, one agent with 2 envs: episodes of 10 agent steps, a checkpoint every 50 steps, learning from step 20
-# (two agents resuming together: the SIGKILL test above and tests/test_checkpoint.py)
+# (in-process: two agents resuming together through the launcher are the SIGKILL test above and
+# tests/test_checkpoint.py, on toy envs; MetaWorld's own state restored: tests/test_snapshot.py)
 METAWORLD = ("task=mw-reach", "num_agents=1", "demos=0", "episode_length=10", "action_repeat=2", "bins=8", "num_envs=2",
              "seed_steps=20", "batch_size=16", "replay_size=1000", "updates_per_step=0.25", "model.dim=16",
              "model.depth=1", "model.heads=2", "eval_every=40", "eval_episodes=2", "log_every=30",
