@@ -176,6 +176,21 @@ def greedy_values(head, features: torch.Tensor, online_q: torch.Tensor | None = 
     return head.head_at(features, online_q.argmax(dim=-1))
 
 
+def online_greedy_values(q: torch.Tensor, backup: str = "min") -> torch.Tensor:
+    """The within-step value from the online net's own Q (`within_step=online`), for q [..., critics, bins]: the bin
+    the critics' mean ranks first (as acting ranks them), valued by their lowest Q there (`backup="min"`, clipped
+    double Q) or their mean. Returns [...].
+
+    Inside one step the backup y_i = max_b Q_{i+1}(s, a_{1:i}, b) has no discount and ends, d - 1 tokens on, at
+    the across-step backup, which keeps the target net: token i's target depends only on tokens after it, so the
+    chain has no loop for a target net to damp, and the online net's values spare every step's credit d - 1
+    target-net lags (with `tau` 0.005, about 200 updates each).
+    """
+    pick = q.mean(-2).argmax(-1)
+    at = q.gather(-1, pick[..., None, None].expand(*q.shape[:-1], 1)).squeeze(-1)  # [..., critics]
+    return at.amin(-1) if backup == "min" else at.mean(-1)
+
+
 def targets(next_dimension_value: torch.Tensor, next_state_value: torch.Tensor, nstep_return: torch.Tensor,
             bootstrap_discount: torch.Tensor, mc_return: torch.Tensor, mc_lower_bound: bool,
             one_step: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:

@@ -158,6 +158,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "n_step_bound": _bool_or_auto(),
     "discount": _float_or_auto(0, 1, lo_open=True),
     "tau": _float(0, 1, lo_open=True),
+    "within_step": _choice("target", "online"),
     "double_q": _bool(),
     "mc_lower_bound": _bool_or_auto(),
     "target_clip": _bool_or_auto(),

@@ -105,7 +105,7 @@ class Learner:
         """
         obs, tokens = batch["obs"], self.module.action_tokens(batch["bins"])  # levels = 1: the bins themselves
         q = self.online(obs, tokens[:, :-1], every_critic=True)  # [B, tokens, critics, token_bins]
-        y = self.targets(batch, q.detach().mean(-2), tokens)
+        y = self.targets(batch, q.detach().mean(-2), tokens, q.detach())
         # the conservative term keeps Q inside the support of a fixed dataset (the paper's offline setting):
         # by default the demonstrations; on the agents' own data it would pull values towards 0 as they improve
         rows = None if self.cfg["conservative_rows"] == "all" else batch["demo"]
@@ -166,9 +166,11 @@ class Learner:
 
     @torch.inference_mode()  # targets carry no gradient; inference mode skips autograd bookkeeping
     def targets(self, batch: dict[str, torch.Tensor], online_q: torch.Tensor,
-                tokens: torch.Tensor | None = None) -> torch.Tensor:
+                tokens: torch.Tensor | None = None, online_every_critic: torch.Tensor | None = None) -> torch.Tensor:
         """Bellman targets [B, tokens] for `batch`, given the online net's Q [B, tokens, token_bins] on it and the
         batch's bins as the model's tokens (None: `action_tokens` of them; with levels = 1 tokens are dimensions).
+        `within_step=online` values the next token from `online_every_critic` [B, tokens, critics, token_bins]
+        (None: `online_q` as the one critic's).
 
         Values at the bootstrap state s_{t+m} come from the batch's own forward passes where `successor`
         names a row holding s_{t+m}; only the other rows cost a (one-token) forward.
@@ -186,7 +188,11 @@ class Learner:
             next_features[alone] = self.target.features(next_obs, no_prefix)[:, 0]
             if double_q:
                 online_next[alone] = self.module(next_obs, no_prefix)[:, 0]
-        within_step = algorithm.greedy_values(self.target, features[:, 1:], online_q[:, 1:] if double_q else None)
+        if self.cfg["within_step"] == "online":
+            every = online_q.unsqueeze(-2) if online_every_critic is None else online_every_critic
+            within_step = algorithm.online_greedy_values(every[:, 1:], getattr(self.module, "backup", "min"))
+        else:
+            within_step = algorithm.greedy_values(self.target, features[:, 1:], online_q[:, 1:] if double_q else None)
         across_step = algorithm.greedy_values(self.target, next_features, online_next)
         discount, bootstrap = self.cfg["discount"], batch["bootstrap_discount"]
         nstep_return = self.value_map.returns(batch["nstep_return"], batch["steps"], bootstrap == 0, discount)

@@ -278,7 +278,7 @@ def test_loss_gradient_flows_into_q_only():
 LEARNER_CFG = {"lr": 1e-3, "weight_decay": 0.0, "lr_schedule": "constant", "lr_final": 0.1, "lr_scale": "none",
                "num_agents": 1, "lr_plateau": {"factor": 0.5, "patience": 3}, "mc_lower_bound": True,
                "target_clip": False, "n_step_bound": False, "excess_weight": 0.0,
-               "conservative_weight": 0.5, "grad_clip": 10.0, "tau": 0.005, "double_q": True, "discount": 0.5,
+               "conservative_weight": 0.5, "grad_clip": 10.0, "tau": 0.005, "within_step": "target", "double_q": True, "discount": 0.5,
                "conservative_rows": "all", "eval_ema": 0.0}
 
 
@@ -333,6 +333,32 @@ def test_values_at_paired_bootstrap_states_equal_their_own_forward(double_q):
     torch.testing.assert_close(paired, alone, rtol=0, atol=1e-6)
     wrong = learner.targets({**batch, "successor": torch.tensor([1, -1, -1, -1])}, q)
     assert not torch.allclose(wrong[0], alone[0], rtol=0, atol=1e-4)  # a wrong pairing would show
+
+
+def test_online_greedy_values_pick_by_the_mean_and_back_up_the_lowest_critic():
+    # critics A = [1, 6, 2], B = [3, 1, 4]: mean [2, 3.5, 3] picks bin 1, where A has 1 and B 6 -> min 1, mean 3.5
+    # (the max of the per-bin minima [1, 1, 2] would be 2: the pick is the mean's, the value the min's)
+    q = torch.tensor([[[1.0, 6.0, 2.0], [3.0, 1.0, 4.0]]])  # [1, critics, bins]
+    assert algorithm.online_greedy_values(q, "min").tolist() == [1.0]
+    assert algorithm.online_greedy_values(q, "mean").tolist() == [3.5]
+    assert algorithm.online_greedy_values(q[:, :1], "min").tolist() == [6.0]  # one critic: its own max
+
+
+def test_within_step_online_values_the_next_dimension_by_the_online_net_only():
+    torch.manual_seed(0)
+    model = QTransformer(obs_dim=3, action_dims=2, bins=5, dim=16, depth=1, heads=2)
+    cfg = {**LEARNER_CFG, "mc_lower_bound": False}
+    by_target = Learner(model, model, cfg, total_updates=10)
+    by_online = Learner(model, model, {**cfg, "within_step": "online"}, total_updates=10)
+    by_online.target.load_state_dict(by_target.target.state_dict())
+    with torch.no_grad():  # the online net moves away from the (shared) target net
+        model.advantage.weight.mul_(10.0)
+    batch = _batch(torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    q = model(batch["obs"], batch["bins"][:, :-1]).detach()  # [4, 2, 5]
+    y_target, y_online = by_target.targets(batch, q), by_online.targets(batch, q)
+    assert torch.equal(y_online[:, 0], q[:, 1].max(-1).values)  # the online net's own max over dimension 2's bins
+    assert not torch.allclose(y_target[:, 0], y_online[:, 0], rtol=0, atol=1e-3)  # the target net's differs
+    assert torch.equal(y_online[:, 1], y_target[:, 1])  # the backup across steps is the same
 
 
 def test_learner_with_levels_is_the_learner_of_the_token_sequence():

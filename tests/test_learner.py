@@ -129,7 +129,7 @@ def _toy_qlearner(**overrides) -> tuple[Learner, dict[str, torch.Tensor]]:
     cfg = {"lr": 1.0, "weight_decay": 0.0, "lr_schedule": "constant", "lr_final": FINAL, "lr_scale": "none",
            "num_agents": 1, "lr_plateau": {"factor": 0.5, "patience": 0}, "mc_lower_bound": True,
            "target_clip": False, "n_step_bound": False, "excess_weight": 0.0,
-           "conservative_weight": 0.5, "conservative_rows": "demos", "grad_clip": 10.0, "tau": 0.005, "double_q": True,
+           "conservative_weight": 0.5, "conservative_rows": "demos", "grad_clip": 10.0, "tau": 0.005, "within_step": "target", "double_q": True,
            "discount": 0.5, "eval_ema": 0.0, **overrides}
     gen = torch.Generator().manual_seed(1)
     batch = {"obs": torch.randn(4, 3, generator=gen), "bins": torch.randint(5, (4, 2), generator=gen),

@@ -34,6 +34,8 @@ def main(argv: list[str]) -> None:
                         help="target_clip (the gym: learner's): the targets clamped and the share moved counted")
     parser.add_argument("--excess-weight", type=float, default=cfg["excess_weight"],
                         help="excess_weight (MetaWorld's learner: 1.0, the gym: learner's: 0)")
+    parser.add_argument("--within-step", choices=("target", "online"), default=cfg["within_step"],
+                        help="within_step: online values the next dimension from the update's own forward (no target forward of it)")
     args = parser.parse_args(argv)
     try:
         token_bins(args.bins, args.levels)
@@ -43,7 +45,7 @@ def main(argv: list[str]) -> None:
     cfg["model"]["critics"], cfg["model"]["levels"] = args.critics, args.levels
     cfg["double_q"] = args.double_q == "true"
     cfg["n_step_bound"], cfg["target_clip"] = args.n_step_bound == "true", args.target_clip == "true"
-    cfg["excess_weight"] = args.excess_weight
+    cfg["excess_weight"], cfg["within_step"] = args.excess_weight, args.within_step
     cfg["num_agents"] = 1  # one learner, no process group (the config's null means "decided at launch")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
