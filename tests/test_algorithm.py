@@ -361,6 +361,17 @@ def test_within_step_online_values_the_next_dimension_by_the_online_net_only():
     assert torch.equal(y_online[:, 1], y_target[:, 1])  # the backup across steps is the same
 
 
+def test_within_step_changes_nothing_with_one_action_dimension():
+    # one token per step: no max inside a step, so the targets are the same to the bit
+    torch.manual_seed(0)
+    model = QTransformer(obs_dim=3, action_dims=1, bins=5, dim=16, depth=1, heads=2)
+    batch = {**_batch(torch.tensor([0.1, 0.2, 0.3, 0.4])), "bins": torch.tensor([[0], [4], [2], [1]])}
+    q = model(batch["obs"], batch["bins"][:, :-1]).detach()
+    y = [Learner(model, model, {**LEARNER_CFG, "within_step": w}, total_updates=10).targets(batch, q)
+         for w in ("target", "online")]
+    assert y[0].shape == (4, 1) and torch.equal(y[0], y[1])
+
+
 def test_learner_with_levels_is_the_learner_of_the_token_sequence():
     # model.levels=2, bins 9 = 3^2 per dimension: the learner must see exactly what a one-level model over
     # 2 x 2 = 4 "dimensions" of 3 bins sees when the batch holds the tokens (same weights, same shapes)
