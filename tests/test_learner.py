@@ -280,10 +280,12 @@ def test_two_critics_back_up_the_lowest_value_at_the_bin_their_mean_picks():
     # a mean or a max over the critics, or the first critic alone, gives other targets
     assert (expected[:, 0] - torch.stack([m(obs, bins[:, :-1])[:, 1] for m in learner.target.members]).mean(0)
             .gather(-1, online[:, 1].argmax(-1, keepdim=True)).squeeze(-1)).abs().min() > 1e-3
-    seen = []  # update() hands targets() the online critics' mean
+    seen = []  # update() hands targets() the online critics' mean, and each critic's Q for within_step=online
     targets = learner.targets
-    learner.targets = lambda batch, online_q, tokens: seen.append(online_q) or targets(batch, online_q, tokens)
+    learner.targets = lambda batch, online_q, tokens, every=None: seen.append((online_q, every)) or targets(batch, online_q, tokens, every)
     learner.update(batch)
-    torch.testing.assert_close(seen[0], online, rtol=0, atol=1e-6)
+    torch.testing.assert_close(seen[0][0], online, rtol=0, atol=1e-6)
+    assert seen[0][1].shape[-2] == 2
+    torch.testing.assert_close(seen[0][1].mean(-2), online, rtol=0, atol=1e-6)
     for member in model.members:
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in member.parameters())

@@ -35,7 +35,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--excess-weight", type=float, default=cfg["excess_weight"],
                         help="excess_weight (MetaWorld's learner: 1.0, the gym: learner's: 0)")
     parser.add_argument("--within-step", choices=("target", "online"), default=cfg["within_step"],
-                        help="within_step: online values the next dimension from the update's own forward (no target forward of it)")
+                        help="within_step: online takes the max over the next dimension from the update's own online Q")
     args = parser.parse_args(argv)
     try:
         token_bins(args.bins, args.levels)
