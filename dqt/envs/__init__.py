@@ -108,7 +108,7 @@ class Task:
 # "keep still" while InvertedPendulum needs its faster propagation: the n-step return is kept as a lower bound on
 # the 1-step backup only (`n_step_bound`); noise on the greedy action explores without throwing the pole.
 # Raw rewards let values of 100-300 climb past any return (Hopper), so backups take the lower of two critics
-# (README: Learning benchmark, seventh and eighth sessions); where the critics' min is not enough (InvertedDoublePendulum:
+# (results/learning/tried/README.md, seventh and eighth sessions); where the critics' min is not enough (InvertedDoublePendulum:
 # Q climbed in a straight line past any return), targets are clipped to what the rewards seen allow (tenth session).
 METAWORLD_AUTO = {"action_repeat": 2, "episode_length": 100, "num_envs": 32, "eval_episodes": 50, "discount": 0.98,
                   "reward_scale": "map", "mc_lower_bound": True, "n_step_bound": False, "lr": 1e-3,
