@@ -139,3 +139,50 @@ def test_stopping_the_benchmark_stops_its_runs(tmp_path, stop):
                 except ProcessLookupError:
                     pass
         bench.wait()
+
+
+def test_a_cut_off_run_continues_only_with_the_keys_it_was_started_with(tmp_path):
+    from dqt.bench.learn import continues
+
+    run = tmp_path / "seed1"
+    assert not continues(run, ["seed=1"])  # never started
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("- task=gym:Hopper-v5\n- seed=1\n- resume=auto\n- lr=1e-3\n")
+    assert continues(run, ["task=gym:Hopper-v5", "seed=1", "lr=1e-3"])
+    assert continues(run, ["task=gym:Hopper-v5", "seed=1", "resume=true", "lr=1e-3"])  # resume= aside
+    assert not continues(run, ["task=gym:Hopper-v5", "seed=1"])  # other --extra keys
+    assert not continues(run, ["task=gym:Hopper-v5", "seed=1", "lr=3e-4"])
+    assert not continues(run, ["task=gym:Hopper-v5", "seed=2", "lr=1e-3"])
+
+
+@pytest.mark.slow
+def test_a_stopped_benchmark_continues_a_cut_off_run_from_its_checkpoint(tmp_path):
+    # a stopped benchmark once started its cut-off runs over (Hopper: up to 90 min lost); with exact resume the
+    # continued run must write the rows the uninterrupted one wrote
+    tiny = "train_steps=48 seed_steps=16 eval_every=16 log_every=8 checkpoint_every=24 eval_episodes=1 num_envs=2"
+    command = [sys.executable, "-m", "dqt.bench.learn", "--only", "inverted-pendulum", "--seeds", "1", "--jobs", "1",
+               "--out", str(tmp_path), "--extra", tiny]
+    run = tmp_path / "inverted-pendulum" / "seed1"
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    whole = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # cut it off just after its checkpoint at 24: the final generation and the rows after 32 gone, as a kill leaves it
+    for generation in (run / "checkpoints").glob("step_*"):
+        if int(generation.name.split("_")[1]) > 24:
+            for f in generation.iterdir():
+                f.unlink()
+            generation.rmdir()
+    kept = [r for r in whole if r["env_steps"] <= 32]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{run}: cut off, continued" in result.stderr
+    again = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    def learned(rows):  # everything but the timings
+        return [{k: v for k, v in r.items() if "time" not in k and "per_s" not in k} for r in rows]
+
+    assert [r["env_steps"] for r in again] == [r["env_steps"] for r in whole]
+    assert learned(again) == learned(whole)
+    # continued, not started over with the same seed: the rows up to the checkpoint were kept, timings too
+    assert [r for r in again if r["env_steps"] <= 24] == [r for r in whole if r["env_steps"] <= 24]

@@ -146,6 +146,21 @@ def finished(run_dir: Path) -> bool:
     return evals[-1]["env_steps"] >= OmegaConf.load(config)["train_steps"]
 
 
+def continues(run_dir: Path, overrides: list[str]) -> bool:
+    """True when a cut-off run was started with these overrides (its resume= aside), so that `resume=auto`
+    continues it from its newest complete checkpoint generation, exactly as if it had not stopped (README:
+    Reliability), or starts it over where it stopped before its first one."""
+    recorded = run_dir / ".hydra" / "overrides.yaml"
+    if not recorded.exists():
+        return False
+    from omegaconf import OmegaConf
+
+    def keys(items):
+        return [o for o in items if not o.startswith("resume=")]
+
+    return keys(OmegaConf.to_container(OmegaConf.load(recorded))) == keys(overrides)
+
+
 _STOP: list[int] = []  # the signal that asked the benchmark to stop, if any
 
 
@@ -183,12 +198,15 @@ def _run_queue(queue: list, running: list, chosen: list[Benchmark], slots: int, 
             if finished(run_dir):
                 print(f"{run_dir}: done, kept", file=sys.stderr)  # a stopped benchmark picks up where it was
                 continue
-            if run_dir.exists():  # cut off before its end: run it again from the start
+            # one core per agent: runs side by side must not fight over threads
+            overrides = [*bench.overrides, f"seed={seed}", "progress=false", "wandb.mode=disabled", "threads=1", *extra]
+            if continues(run_dir, overrides):  # cut off before its end: go on from its newest complete checkpoint
+                print(f"{run_dir}: cut off, continued", file=sys.stderr)
+            elif run_dir.exists():  # started with other keys: run it again from the start
                 shutil.rmtree(run_dir)
             run_dir.parent.mkdir(parents=True, exist_ok=True)
-            # one core per agent: runs side by side must not fight over threads
-            command = [sys.executable, "-m", "dqt.train", *bench.overrides, f"seed={seed}", "progress=false",
-                       "wandb.mode=disabled", "threads=1", f"hydra.run.dir={run_dir}", *extra]
+            resume = [] if any(o.startswith("resume=") for o in extra) else ["resume=auto"]
+            command = [sys.executable, "-m", "dqt.train", *overrides, *resume, f"hydra.run.dir={run_dir}"]
             log = open(run_dir.parent / f"seed{seed}.log", "w")
             print(" ".join(command[2:]), file=sys.stderr)
             # a session of its own: a Ctrl-C reaches the benchmark only, which then stops every run itself
