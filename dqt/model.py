@@ -129,8 +129,8 @@ class Critics(nn.Module):
     Q, every backup takes the lowest critic's value at the chosen bin (clipped double Q, Fujimoto et al. 2018;
     an ensemble's min as in RLPD, Ball et al. 2023), or with `backup="mean"` (`model.critic_backup`) their mean,
     and each critic learns the same targets. Independent weights, not heads on one transformer: heads that
-    share the features agree wherever the data goes, so their min is no lower than their mean (README:
-    Learning benchmark, eighth session).
+    share the features agree wherever the data goes, so their min is no lower than their mean (results/learning/
+    tried/README.md, eighth session).
 
     Features carry a critic dimension: [..., critics, dim], critic c's from its own transformer.
     """
