@@ -184,6 +184,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "explore.std": _float(0),
     "explore.eps": _float(0, 1),
     "explore.spread": _float(0),
+    "explore.optimism": _float(0),
     "aggregation": _choice(*AGGREGATIONS),
     "aggregation_trim": _float(0, 0.5, hi_open=True),
     "faults.agents": _rank_list(),
@@ -321,6 +322,10 @@ def validate(cfg: DictConfig, world_size: int | None = None) -> dict:
         raise ConfigError(
             f"seed_steps={plain['seed_steps']} is not allowed: expected at most train_steps={plain['train_steps']}"
         )
+    if plain["explore"]["optimism"] and plain["model"]["critics"] < 2:
+        raise ConfigError(f"explore.optimism={plain['explore']['optimism']} is not allowed with model.critics="
+                          f"{plain['model']['critics']}: the bonus is the critics' spread, which needs "
+                          "model.critics >= 2")
     try:
         token_bins(plain["bins"], plain["model"]["levels"])
     except ValueError as error:

@@ -185,13 +185,15 @@ def q_network(obs_dim: int, action_dims: int, bins: int, critics: int = 1, criti
 
 
 @torch.inference_mode()
-def greedy_bins(model: QTransformer | Critics, obs: torch.Tensor) -> torch.Tensor:
+def greedy_bins(model: QTransformer | Critics, obs: torch.Tensor, optimism: float = 0.0) -> torch.Tensor:
     """Greedy autoregressive decode [B, d]: bin i = argmax of the same head training uses, given bins < i.
 
     Each step feeds one new token through the blocks, attending to the keys and values cached from the
     tokens before it, so acting costs one single-token pass per token rather than growing prefixes. With
-    `Critics`, every critic decodes the same bins and the argmax is of their mean. With levels > 1 the
-    argmax is taken token by token (coarse to fine) and the tokens are returned as per-dimension bins.
+    `Critics`, every critic decodes the same bins and the argmax is of their mean, or with `optimism` > 0 of
+    mean + optimism * std over the critics (`explore.optimism`: an upper confidence bound from the ensemble,
+    Chen et al. 2017, so bins the critics disagree on get tried). With levels > 1 the argmax is taken token by
+    token (coarse to fine) and the tokens are returned as per-dimension bins.
     """
     members = list(model.members) if isinstance(model, Critics) else [model]
     xs = [member.encoder(obs) + member.position[0] for member in members]
@@ -204,7 +206,12 @@ def greedy_bins(model: QTransformer | Critics, obs: torch.Tensor) -> torch.Tenso
             for j, block in enumerate(member.blocks):
                 x, caches[c][j] = block.decode_step(x, caches[c][j])
             qs.append(member.head(member.norm(x)))
-        token = (qs[0] if len(qs) == 1 else torch.stack(qs, dim=-2).mean(-2)).argmax(-1)
+        if len(qs) == 1:
+            score = qs[0]
+        else:
+            q = torch.stack(qs, dim=-2)
+            score = q.mean(-2) + optimism * q.std(-2, correction=0) if optimism else q.mean(-2)
+        token = score.argmax(-1)
         chosen.append(token)
         if i + 1 < model.tokens:
             xs = [member.bin_embedding(token + i * member.token_bins) + member.position[i + 1] for member in members]

@@ -176,8 +176,11 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
             bins = torch.randint(cfg["bins"], (num_envs, task.action_dim), generator=generator)
             explored = torch.ones(num_envs, dtype=torch.bool)
         else:
-            greedy = greedy_bins(model, collector.obs.to(device)).cpu()
-            bins = explore(greedy, cfg["bins"], exploration["kind"], exploration["std"], eps, generator)
+            obs = collector.obs.to(device)
+            acting = greedy_bins(model, obs, exploration["optimism"]).cpu()
+            bins = explore(acting, cfg["bins"], exploration["kind"], exploration["std"], eps, generator)
+            # explored = not the greedy bins (n_step_cut reads it), which optimism moves off as noise does
+            greedy = greedy_bins(model, obs).cpu() if exploration["optimism"] and cfg["n_step_cut"] else acting
             explored = (bins != greedy).any(dim=1)
         collector.step(bins, explored)
         counters["env_steps"] += num_envs

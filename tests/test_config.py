@@ -337,3 +337,13 @@ def test_checking_a_config_loads_no_torch_or_metaworld():
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+
+
+def test_optimism_needs_two_critics():
+    from dqt.config import ConfigError, validate
+
+    assert validate(_compose("task=gym:Pendulum-v1", "demos=0", "explore.optimism=1.0"))["explore"]["optimism"] == 1.0  # gym: 2 critics
+    with pytest.raises(ConfigError, match=r"^explore.optimism=1.0 is not allowed with model.critics=1: .*critics >= 2"):
+        validate(_compose("explore.optimism=1.0"))  # MetaWorld: one critic
+    with pytest.raises(ConfigError, match=r"^explore.optimism=-1.0 is not allowed"):
+        validate(_compose("explore.optimism=-1.0"))

@@ -172,3 +172,19 @@ def test_levels_need_bins_that_are_a_power():
     assert QTransformer(OBS_DIM, 2, 256, dim=16, heads=2, levels=8).token_bins == 2
     with pytest.raises(ValueError, match="bins=10 is not allowed with model.levels=2"):
         QTransformer(OBS_DIM, 2, 10, dim=16, heads=2, levels=2)
+
+
+def test_optimism_ranks_bins_by_the_critics_mean_plus_their_spread():
+    # heads that ignore the state: critic A values the bins [3, 4, 0], critic B [3, 4, 6], at every token; their
+    # mean [3, 4, 3] picks bin 1, their (population) std [0, 0, 3] adds 3 * optimism to bin 2 alone
+    critics = Critics(2, obs_dim=OBS_DIM, action_dims=2, bins=3, dim=16, depth=1, heads=2)
+    with torch.no_grad():
+        for member, values in zip(critics.members, ([3.0, 4.0, 0.0], [3.0, 4.0, 6.0])):
+            member.advantage.weight.zero_()
+            member.advantage.bias.copy_(torch.tensor(values))
+    obs = torch.randn(5, OBS_DIM)
+    assert greedy_bins(critics, obs).tolist() == [[1, 1]] * 5
+    assert greedy_bins(critics, obs, optimism=0.25).tolist() == [[1, 1]] * 5  # 4 against 3 + 0.75
+    assert greedy_bins(critics, obs, optimism=1.0).tolist() == [[2, 2]] * 5  # 4 against 3 + 3
+    single = critics.members[1]
+    assert greedy_bins(single, obs, optimism=1.0).tolist() == [[2, 2]] * 5  # one critic: its own argmax, no bonus
