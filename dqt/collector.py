@@ -2,6 +2,8 @@
 and greedy evaluation. Executed actions are always bin centres, so replay holds exactly what was done."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -14,15 +16,63 @@ from dqt.replay import EpisodeReplay
 
 
 def explore(bins: torch.Tensor, n_bins: int, kind: str, std: float, eps: float | torch.Tensor,
-            generator: torch.Generator) -> torch.Tensor:
-    """Exploration around greedy bins [num_envs, d]: Gaussian noise on the continuous action, or a random bin
-    per dimension with probability eps (a number, or one per env [num_envs], `env_eps`)."""
+            generator: torch.Generator, colored: ColoredNoise | None = None) -> torch.Tensor:
+    """Exploration around greedy bins [num_envs, d]: Gaussian noise on the continuous action (white, or the
+    next step of `colored`), or a random bin per dimension with probability eps (a number, or one per env
+    [num_envs], `env_eps`)."""
     if kind == "gaussian":
-        noise = torch.randn(bins.shape, generator=generator) * std
-        return to_bins(from_bins(bins, n_bins) + noise, n_bins)
+        unit = colored.next() if colored is not None else torch.randn(bins.shape, generator=generator)
+        return to_bins(from_bins(bins, n_bins) + unit * std, n_bins)
     random_bins = torch.randint(n_bins, bins.shape, generator=generator)
     eps = torch.as_tensor(eps, dtype=torch.float32)
     return torch.where(torch.rand(bins.shape, generator=generator) < eps.reshape(-1, 1), random_bins, bins)
+
+
+def powerlaw_noise(color: float, shape: tuple[int, ...], length: int, generator: torch.Generator) -> torch.Tensor:
+    """Gaussian noise [*shape, length] of unit variance whose power spectrum falls as 1 / f^color along the last
+    axis (Timmer & Koenig 1995): 0 white, 1 pink (Eberhard et al. 2023), 2 red.
+
+    Random Fourier coefficients of amplitude f^(-color/2) (the lowest frequency, 1 / length, also for f = 0)
+    go through an inverse real FFT. The real-only coefficients (f = 0, and f = 1/2 for an even length) get
+    twice the variance, so that color = 0 is exactly white noise; the sum is divided by the standard deviation
+    the coefficients imply, so every step has variance 1 whatever the color.
+    """
+    freqs = torch.fft.rfftfreq(length, dtype=torch.float64)
+    freqs[0] = 1.0 / length
+    amplitude = freqs ** (-color / 2)
+    real_only = torch.zeros_like(amplitude, dtype=torch.bool)
+    real_only[0] = True
+    real_only[-1] = length % 2 == 0
+    weight = torch.where(real_only, 2.0, 4.0)  # each coefficient's share of the variance, times length^2
+    std = torch.sqrt((weight * amplitude ** 2).sum()) / length
+    real = torch.randn((*shape, len(freqs)), generator=generator, dtype=torch.float64)
+    imag = torch.randn((*shape, len(freqs)), generator=generator, dtype=torch.float64)
+    real = torch.where(real_only, real * math.sqrt(2.0), real)
+    imag = torch.where(real_only, 0.0, imag)
+    series = torch.fft.irfft(torch.complex(real, imag) * amplitude, n=length) / std
+    return series.float()
+
+
+class ColoredNoise:
+    """Exploration noise that is correlated in time (`explore.color`): each sub-env and action dimension reads
+    its own series of `powerlaw_noise`, drawn `length` steps at a time (an episode's length), one step per
+    `next()`. Its state is checkpointed, so a resumed run goes on with the same noise."""
+
+    def __init__(self, color: float, num_envs: int, action_dim: int, length: int, generator: torch.Generator):
+        self.color, self.shape, self.length, self.generator = color, (num_envs, action_dim), length, generator
+        self.series, self.step = None, length  # drawn at the first `next()`
+
+    def next(self) -> torch.Tensor:
+        if self.step == self.length:
+            self.series, self.step = powerlaw_noise(self.color, self.shape, self.length, self.generator), 0
+        self.step += 1
+        return self.series[..., self.step - 1]
+
+    def state_dict(self) -> dict:
+        return {"series": self.series, "step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.series, self.step = state["series"], state["step"]
 
 
 def env_eps(eps: float, spread: float, rank: int, num_envs: int, agents: int) -> torch.Tensor:

@@ -185,6 +185,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "explore.eps": _float(0, 1),
     "explore.spread": _float(0),
     "explore.optimism": _float(0),
+    "explore.color": _float(0, 4),
     "aggregation": _choice(*AGGREGATIONS),
     "aggregation_trim": _float(0, 0.5, hi_open=True),
     "faults.agents": _rank_list(),
@@ -326,6 +327,9 @@ def validate(cfg: DictConfig, world_size: int | None = None) -> dict:
         raise ConfigError(f"explore.optimism={plain['explore']['optimism']} is not allowed with model.critics="
                           f"{plain['model']['critics']}: the bonus is the critics' spread, which needs "
                           "model.critics >= 2")
+    if plain["explore"]["color"] and plain["explore"]["kind"] != "gaussian":
+        raise ConfigError(f"explore.color={plain['explore']['color']} is not allowed with explore.kind="
+                          f"{plain['explore']['kind']}: the color is the Gaussian noise's; set explore.kind=gaussian")
     try:
         token_bins(plain["bins"], plain["model"]["levels"])
     except ValueError as error:

@@ -14,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dqt import aggregation, checkpoint, distributed
 from dqt.algorithm import ValueMap, value_map
-from dqt.collector import Collector, collect_demos, env_eps, eval_share, evaluate, explore, make_eval_envs
+from dqt.collector import ColoredNoise, Collector, collect_demos, env_eps, eval_share, evaluate, explore, make_eval_envs
 from dqt.envs import env_seed, eval_seed, goals_seed, make_task
 from dqt.errors import EXIT_RUN, RunError
 from dqt.learner import Learner
@@ -108,6 +108,8 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
     learner = Learner(ddp, model, cfg, int((cfg["train_steps"] - cfg["seed_steps"]) * cfg["updates_per_step"]))
     exploration = cfg["explore"]
     eps = env_eps(exploration["eps"], exploration["spread"], rank, num_envs, agents)  # per sub-env
+    colored = (ColoredNoise(exploration["color"], num_envs, task.action_dim, cfg["episode_length"], generator)
+               if exploration["kind"] == "gaussian" and exploration["color"] else None)  # else white noise
     collector = Collector(envs, replay, cfg["bins"], cfg["episode_length"], f"task={cfg['task']}, agent {rank}",
                           cfg["bad_data"])
 
@@ -142,6 +144,8 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
         generator.set_state(state["generator"])
         if hooks is not None and state.get("aggregation") is not None:
             hooks.load_state_dict(state["aggregation"])
+        if colored is not None and state.get("colored_noise") is not None:
+            colored.load_state_dict(state["colored_noise"])
     elif demo_replay is not None:
         collect_demos(collector, demo_replay, task.expert, cfg["demos"], cfg["demo_noise"],
                       env_seed(cfg["seed"], rank, 0, 1))
@@ -152,7 +156,8 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
                          "rng": checkpoint.rng_state(), "generator": generator.get_state(),
                          "num_agents": agents, "collector": collector.state_dict(),
                          "accumulators": {"sums": sums.clone(), "last_success": last_success},
-                         "aggregation": hooks.state_dict() if hooks is not None else None},
+                         "aggregation": hooks.state_dict() if hooks is not None else None,
+                         "colored_noise": colored.state_dict() if colored is not None else None},
                         run_dir, counters["env_steps"], rank, agents)
 
     logger = Logger(run_dir, cfg, ctx.is_main, cfg["train_steps"], counters["env_steps"])
@@ -178,7 +183,7 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
         else:
             obs = collector.obs.to(device)
             acting = greedy_bins(model, obs, exploration["optimism"]).cpu()
-            bins = explore(acting, cfg["bins"], exploration["kind"], exploration["std"], eps, generator)
+            bins = explore(acting, cfg["bins"], exploration["kind"], exploration["std"], eps, generator, colored)
             # explored = not the greedy bins (n_step_cut reads it), which optimism moves off as noise does
             greedy = greedy_bins(model, obs).cpu() if exploration["optimism"] and cfg["n_step_cut"] else acting
             explored = (bins != greedy).any(dim=1)
