@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import threading
 
 import gymnasium as gym
@@ -14,7 +15,8 @@ import torch
 
 import toy_env  # noqa: F401  (registers toy_env:Combo-v0 and the bad-data variants)
 from conftest import newest_checkpoint, run_train
-from dqt.collector import Collector, env_eps, explore
+from dqt.algorithm import from_bins, to_bins
+from dqt.collector import ColoredNoise, Collector, env_eps, explore, powerlaw_noise
 from dqt.envs import make_task
 from dqt.errors import RunError
 from dqt.replay import EpisodeReplay
@@ -284,3 +286,52 @@ def test_exploration_flags_reach_the_replays_n_step_windows():
     # without flags (demonstrations) no window is cut
     collector.step(zero)
     assert not collector.ep_explored[0, 0]
+
+
+def _correlation(color: float, length: int, lag: int) -> float:
+    """powerlaw_noise's correlation at `lag` by hand: the coefficients' variances (amplitude^2 = f^-color, the
+    lowest frequency's for f = 0; twice for the real-only f = 0 and f = 1/2) weight cos(2 pi f lag)."""
+    numerator = denominator = 0.0
+    for k in range(length // 2 + 1):
+        f = k / length
+        power = max(f, 1 / length) ** -color * (2 if k == 0 or 2 * k == length else 4)
+        numerator += power * math.cos(2 * math.pi * f * lag)
+        denominator += power
+    return numerator / denominator
+
+
+@pytest.mark.parametrize("color", [0.0, 1.0, 2.0])
+def test_colored_noise_has_unit_variance_and_the_correlations_its_spectrum_implies(color):
+    noise = powerlaw_noise(color, (20_000,), 50, torch.Generator().manual_seed(0))
+    assert noise.shape == (20_000, 50) and noise.dtype == torch.float32
+    noise = noise.double()
+    variance = noise.pow(2).mean(0)  # per step, over the series: every step has variance 1
+    assert variance.sub(1).abs().max() < 0.06  # 20k draws: sd 0.01
+    for lag in (1, 5, 25):
+        measured = (noise[:, lag:] * noise[:, :-lag]).mean().item()
+        assert abs(measured - _correlation(color, 50, lag)) < 0.015, lag
+    if color == 0:  # white: no correlation at any lag, by the hand formula too
+        assert all(abs(_correlation(0.0, 50, lag)) < 1e-12 for lag in (1, 5, 25))
+    else:  # pink and red: a push lasts
+        assert _correlation(color, 50, 1) > 0.5
+
+
+def test_colored_noise_reads_one_step_of_each_series_per_call_and_goes_on_after_a_restore():
+    colored = ColoredNoise(1.0, num_envs=3, action_dim=2, length=4, generator=torch.Generator().manual_seed(7))
+    steps = torch.stack([colored.next() for _ in range(6)], -1)  # [3, 2, 6]: a new series of 4 after 4 steps
+    expected_generator = torch.Generator().manual_seed(7)
+    first, second = (powerlaw_noise(1.0, (3, 2), 4, expected_generator) for _ in range(2))
+    assert torch.equal(steps, torch.cat([first, second[..., :2]], -1))
+
+    restored = ColoredNoise(1.0, 3, 2, 4, torch.Generator().manual_seed(99))
+    restored.load_state_dict(colored.state_dict())
+    assert torch.equal(restored.next(), second[..., 2]) and torch.equal(restored.next(), second[..., 3])
+
+
+def test_gaussian_exploration_with_colored_noise_moves_the_action_by_std_times_the_series():
+    colored = ColoredNoise(2.0, num_envs=1, action_dim=3, length=5, generator=torch.Generator().manual_seed(3))
+    copy = ColoredNoise(2.0, 1, 3, 5, torch.Generator().manual_seed(3))
+    greedy = torch.tensor([[5, 0, 10]])
+    for _ in range(5):
+        chosen = explore(greedy, 11, "gaussian", 0.3, 0.1, torch.Generator(), colored)
+        assert torch.equal(chosen, to_bins(from_bins(greedy, 11) + copy.next() * 0.3, 11))

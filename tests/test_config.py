@@ -347,3 +347,14 @@ def test_optimism_needs_two_critics():
         validate(_compose("explore.optimism=1.0"))  # MetaWorld: one critic
     with pytest.raises(ConfigError, match=r"^explore.optimism=-1.0 is not allowed"):
         validate(_compose("explore.optimism=-1.0"))
+
+
+def test_color_is_the_gaussian_noises_and_between_0_and_4():
+    cfg = validate(_compose("task=gym:Pendulum-v1", "demos=0", "explore.color=1"))  # gym: gaussian by auto
+    assert cfg["explore"]["color"] == 1.0 and cfg["explore"]["kind"] == "gaussian"
+    assert validate(_compose("explore.kind=gaussian", "explore.color=2"))["explore"]["color"] == 2.0
+    with pytest.raises(ConfigError, match=r"^explore.color=1.0 is not allowed with explore.kind=eps: .*kind=gaussian$"):
+        validate(_compose("explore.color=1.0"))  # MetaWorld: eps by auto
+    for bad in ("-1", "5"):
+        with pytest.raises(ConfigError, match=rf"^explore.color={bad}(.0)? is not allowed"):
+            validate(_compose("task=gym:Pendulum-v1", "demos=0", f"explore.color={bad}"))

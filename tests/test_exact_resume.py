@@ -23,7 +23,8 @@ DRIFT = ("task=gym:toy_env:SlowDrift-v0", "num_agents=2", "demos=0", "episode_le
          "num_envs=4", "seed_steps=40", "batch_size=16", "replay_size=1000", "updates_per_step=0.25", "model.dim=16",
          "model.depth=1", "model.heads=2", "noise.std=0.1", "eval_every=80", "eval_episodes=4", "log_every=60",
          "checkpoint_every=100", "train_steps=300", "threads=1", "progress=false", "wandb.mode=disabled",
-         "model.critics=2")  # two critics under DDP: both train, are checkpointed and replayed
+         "model.critics=2",  # two critics under DDP: both train, are checkpointed and replayed
+         "explore.color=1")  # pink exploration noise: the checkpoint falls mid-series, which must go on
 TIME_COLUMNS = ("time_s",)  # and every */..._per_s column: wall clock, never equal
 
 
