@@ -30,8 +30,7 @@ IGNORED = ("seed", "resume", "progress", "threads", "device", "max_restarts", "l
 # Keys that may be missing from runs of older versions of dqt, with the value they had then.
 DEFAULTS = {"noise.mean": 0.0, "noise.std": 0.0, "noise.reads": 1, "noise.reduce": "median", "lr_schedule": "linear",
             "aggregation": "mean", "bad_data": "error", "model.critic_backup": "min", "model.levels": 1,
-            "within_step": "target", "explore.optimism": 0.0,
-            "explore.color": 0.0}
+            "within_step": "target", "explore.optimism": 0.0, "explore.color": 0.0}
 
 # t_{0.975, df}: the two-sided 95% quantile of Student's t for df = n - 1 degrees of freedom.
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
