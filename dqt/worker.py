@@ -109,7 +109,7 @@ def train(cfg: dict, run_dir: str, ctx: distributed.Context) -> None:
     exploration = cfg["explore"]
     eps = env_eps(exploration["eps"], exploration["spread"], rank, num_envs, agents)  # per sub-env
     colored = (ColoredNoise(exploration["color"], num_envs, task.action_dim, cfg["episode_length"], generator)
-               if exploration["kind"] == "gaussian" and exploration["color"] else None)  # else white noise
+               if exploration["color"] else None)  # else white noise; the config allows a color with gaussian only
     collector = Collector(envs, replay, cfg["bins"], cfg["episode_length"], f"task={cfg['task']}, agent {rank}",
                           cfg["bad_data"])
 
