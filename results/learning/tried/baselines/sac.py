@@ -8,17 +8,20 @@ p.add_argument('--env', default='Reacher-v5'); p.add_argument('--seed', type=int
 p.add_argument('--steps', type=int, default=50000); p.add_argument('--eval_every', type=int, default=5000)
 p.add_argument('--start', type=int, default=5000); p.add_argument('--out', default=None)
 p.add_argument('--q_lr', type=float, default=3e-4)  # critics and entropy temperature
+p.add_argument('--alpha_lr', type=float, default=None)  # entropy temperature's lr; default: --q_lr's
+p.add_argument('--hidden', type=int, default=256)  # width of every MLP's two hidden layers (dqt's model.dim is 64)
 a = p.parse_args()
 torch.manual_seed(a.seed); np.random.seed(a.seed); torch.set_num_threads(1)
 env = gym.make(a.env); eval_env = gym.make(a.env)
 od, ad = env.observation_space.shape[0], env.action_space.shape[0]
 hi = torch.as_tensor(env.action_space.high, dtype=torch.float32)
-mlp = lambda i, o: nn.Sequential(nn.Linear(i, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, o))
+h = a.hidden
+mlp = lambda i, o: nn.Sequential(nn.Linear(i, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, o))
 q1, q2, actor = mlp(od + ad, 1), mlp(od + ad, 1), mlp(od, 2 * ad)
 q1t, q2t = mlp(od + ad, 1), mlp(od + ad, 1); q1t.load_state_dict(q1.state_dict()); q2t.load_state_dict(q2.state_dict())
 qopt = torch.optim.Adam(list(q1.parameters()) + list(q2.parameters()), lr=a.q_lr)
 aopt = torch.optim.Adam(actor.parameters(), lr=3e-4)
-log_alpha = torch.zeros(1, requires_grad=True); alopt = torch.optim.Adam([log_alpha], lr=a.q_lr)
+log_alpha = torch.zeros(1, requires_grad=True); alopt = torch.optim.Adam([log_alpha], lr=a.alpha_lr or a.q_lr)
 def pi(o, det=False):
     mu, ls = actor(o).chunk(2, -1); ls = ls.clamp(-5, 2)
     if det: return torch.tanh(mu) * hi, None
