@@ -1,6 +1,6 @@
 """Plain SAC (Haarnoja et al. 2018: 256x256, lr 3e-4, auto entropy, tau 0.005, UTD 1, 5k random steps, as CleanRL's
 sac_continuous_action but for its critic and entropy lr of 1e-3, which `--q_lr 1e-3` gives, and its actor updated in
-pairs every other step): a continuous actor-critic reference for the budget of dqt's gymnasium targets. Diagnostic only."""
+every step; CleanRL's twice every other step): a continuous actor-critic reference for the budget of dqt's gymnasium targets. Diagnostic only."""
 import argparse, json, time
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F, gymnasium as gym
 p = argparse.ArgumentParser()
@@ -9,6 +9,7 @@ p.add_argument('--steps', type=int, default=50000); p.add_argument('--eval_every
 p.add_argument('--start', type=int, default=5000); p.add_argument('--out', default=None)
 p.add_argument('--q_lr', type=float, default=3e-4)  # critics and entropy temperature
 p.add_argument('--alpha_lr', type=float, default=None)  # entropy temperature's lr; default: --q_lr's
+p.add_argument('--critic_only', type=int, default=0)  # K > 0: no actor, no entropy: act (with Gaussian noise 0.2) and back up by the argmax of min(Q1, Q2) over a K^d grid, as dqt does over its bins
 p.add_argument('--hidden', type=int, default=256)  # width of every MLP's two hidden layers (dqt's model.dim is 64)
 a = p.parse_args()
 torch.manual_seed(a.seed); np.random.seed(a.seed); torch.set_num_threads(1)
@@ -35,6 +36,12 @@ GRID = torch.as_tensor(list(itertools.product(__import__('numpy').linspace(-1, 1
 def grid_act(o):  # the critic's argmax over the 11^d grid of bin centres: a discretised greedy policy on SAC's critic
     x = torch.cat([o.expand(len(GRID), od), GRID * hi], 1)
     return (GRID[torch.min(q1(x), q2(x)).squeeze(1).argmax()] * hi).numpy()
+CGRID = torch.as_tensor(list(itertools.product(np.linspace(-1, 1, max(a.critic_only, 2)), repeat=ad)), dtype=torch.float32)
+def critic_argmax(qa, qb, obs):  # --critic_only: the action of the K^d grid with the highest min(qa, qb), and that value
+    b, g = obs.shape[0], len(CGRID)
+    v = torch.min(qa(torch.cat([obs.repeat_interleave(g, 0), (CGRID * hi).repeat(b, 1)], 1)),
+                  qb(torch.cat([obs.repeat_interleave(g, 0), (CGRID * hi).repeat(b, 1)], 1))).view(b, g)
+    return CGRID[v.argmax(1)] * hi, v.amax(1)
 def evaluate(grid=False):
     rets = []
     for e in range(10):
@@ -42,7 +49,7 @@ def evaluate(grid=False):
         while not done:
             with torch.no_grad():
                 ot = torch.as_tensor(o, dtype=torch.float32)[None]
-                act = grid_act(ot) if grid else pi(ot, det=True)[0][0].numpy()
+                act = grid_act(ot) if grid else (critic_argmax(q1, q2, ot)[0][0].numpy() if a.critic_only else pi(ot, det=True)[0][0].numpy())
             o, r, term, trunc, _ = eval_env.step(act); ret += r; done = term or trunc
         rets.append(ret)
     return float(np.mean(rets))
@@ -50,7 +57,10 @@ o, _ = env.reset(seed=a.seed); t0 = time.time(); log = []
 for step in range(1, N + 1):
     if step <= a.start: act = env.action_space.sample()
     else:
-        with torch.no_grad(): act = pi(torch.as_tensor(o, dtype=torch.float32)[None])[0][0].numpy()
+        with torch.no_grad():
+            ot = torch.as_tensor(o, dtype=torch.float32)[None]
+            if a.critic_only: act = (critic_argmax(q1, q2, ot)[0][0] + 0.2 * hi * torch.randn(ad)).clamp(-hi, hi).numpy()
+            else: act = pi(ot)[0][0].numpy()
     o2, r, term, trunc, _ = env.step(act)
     O[n], A[n], R[n], O2[n], D[n] = o, act, r, o2, float(term); n += 1; o = o2
     if term or trunc: o, _ = env.reset()
@@ -58,15 +68,18 @@ for step in range(1, N + 1):
         idx = np.random.randint(n, size=256)
         ob, ac, rw, ob2, dn = (torch.as_tensor(x[idx]) for x in (O, A, R, O2, D))
         with torch.no_grad():
-            a2, lp2 = pi(ob2); x2 = torch.cat([ob2, a2], 1)
-            y = rw + 0.99 * (1 - dn) * (torch.min(q1t(x2), q2t(x2)).squeeze(1) - log_alpha.exp() * lp2)
+            if a.critic_only: y = rw + 0.99 * (1 - dn) * critic_argmax(q1t, q2t, ob2)[1]
+            else:
+                a2, lp2 = pi(ob2); x2 = torch.cat([ob2, a2], 1)
+                y = rw + 0.99 * (1 - dn) * (torch.min(q1t(x2), q2t(x2)).squeeze(1) - log_alpha.exp() * lp2)
         x = torch.cat([ob, ac], 1); ql = F.mse_loss(q1(x).squeeze(1), y) + F.mse_loss(q2(x).squeeze(1), y)
         qopt.zero_grad(); ql.backward(); qopt.step()
-        an, lp = pi(ob); xn = torch.cat([ob, an], 1)
-        al = (log_alpha.exp().detach() * lp - torch.min(q1(xn), q2(xn)).squeeze(1)).mean()
-        aopt.zero_grad(); al.backward(); aopt.step()
-        alpha_loss = -(log_alpha * (lp.detach() - ad)).mean()  # target entropy -ad
-        alopt.zero_grad(); alpha_loss.backward(); alopt.step()
+        if not a.critic_only:
+            an, lp = pi(ob); xn = torch.cat([ob, an], 1)
+            al = (log_alpha.exp().detach() * lp - torch.min(q1(xn), q2(xn)).squeeze(1)).mean()
+            aopt.zero_grad(); al.backward(); aopt.step()
+            alpha_loss = -(log_alpha * (lp.detach() - ad)).mean()  # target entropy -ad
+            alopt.zero_grad(); alpha_loss.backward(); alopt.step()
         with torch.no_grad():
             for net, tgt in ((q1, q1t), (q2, q2t)):
                 for pp, pt in zip(net.parameters(), tgt.parameters()): pt.lerp_(pp, 0.005)
