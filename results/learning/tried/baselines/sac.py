@@ -13,7 +13,7 @@ p.add_argument('--critic_only', type=int, default=0)  # K > 0: no actor, no entr
 p.add_argument('--hidden', type=int, default=256)  # width of every MLP's two hidden layers (dqt's model.dim is 64)
 a = p.parse_args()
 torch.manual_seed(a.seed); np.random.seed(a.seed); torch.set_num_threads(1)
-env = gym.make(a.env); eval_env = gym.make(a.env)
+env = gym.make(a.env); eval_env = gym.make(a.env); env.action_space.seed(a.seed)  # the random steps too, so a run repeats
 od, ad = env.observation_space.shape[0], env.action_space.shape[0]
 hi = torch.as_tensor(env.action_space.high, dtype=torch.float32)
 h = a.hidden
@@ -32,16 +32,15 @@ def pi(o, det=False):
 N = a.steps; O = np.zeros((N, od), np.float32); A = np.zeros((N, ad), np.float32); R = np.zeros(N, np.float32)
 O2 = np.zeros_like(O); D = np.zeros(N, np.float32); n = 0
 import itertools
-GRID = torch.as_tensor(list(itertools.product(__import__('numpy').linspace(-1, 1, 11), repeat=ad)), dtype=torch.float32)
-def grid_act(o):  # the critic's argmax over the 11^d grid of bin centres: a discretised greedy policy on SAC's critic
-    x = torch.cat([o.expand(len(GRID), od), GRID * hi], 1)
-    return (GRID[torch.min(q1(x), q2(x)).squeeze(1).argmax()] * hi).numpy()
+GRID = torch.as_tensor(list(itertools.product(np.linspace(-1, 1, 11), repeat=ad)), dtype=torch.float32)
 CGRID = torch.as_tensor(list(itertools.product(np.linspace(-1, 1, max(a.critic_only, 2)), repeat=ad)), dtype=torch.float32)
-def critic_argmax(qa, qb, obs):  # --critic_only: the action of the K^d grid with the highest min(qa, qb), and that value
-    b, g = obs.shape[0], len(CGRID)
-    v = torch.min(qa(torch.cat([obs.repeat_interleave(g, 0), (CGRID * hi).repeat(b, 1)], 1)),
-                  qb(torch.cat([obs.repeat_interleave(g, 0), (CGRID * hi).repeat(b, 1)], 1))).view(b, g)
-    return CGRID[v.argmax(1)] * hi, v.amax(1)
+def critic_argmax(qa, qb, obs, grid=CGRID):  # the action of the grid with the highest min(qa, qb) per row of obs, and that value
+    b, g = obs.shape[0], len(grid)
+    x = torch.cat([obs.repeat_interleave(g, 0), (grid * hi).repeat(b, 1)], 1)
+    v = torch.min(qa(x), qb(x)).view(b, g)
+    return grid[v.argmax(1)] * hi, v.amax(1)
+def grid_act(o):  # the critic's argmax over the 11^d grid of bin centres: a discretised greedy policy on SAC's critic
+    return critic_argmax(q1, q2, o, GRID)[0][0].numpy()
 def evaluate(grid=False):
     rets = []
     for e in range(10):
